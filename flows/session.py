@@ -1,0 +1,84 @@
+"""The daily trading session: calendar, recovery, streaming, flatten, report.
+
+Orchestration only. The flatten lives in this flow's own ``finally`` (not an
+``on_cancellation`` hook, which runs in another process after this one is gone), so a
+cancel from the UI, a SIGTERM, the close and the end of a recording all end flat.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+from prefect import flow, get_run_logger
+from prefect.exceptions import TerminationSignal
+from prefect.runtime import deployment, flow_run
+from prefect.states import Completed
+
+from tasks.calendar import market_window
+from tasks.credentials import alpaca_credentials
+from tasks.recovery import recover_crashed_runs
+from tasks.reporting import end_of_day_report, publish_summary
+from tasks.streaming import stream_session
+from tradeday.calendar import MarketClosed, exchange_today
+from tradeday.config import SessionConfig
+from tradeday.ledger import Ledger
+from tradeday.report import write_report
+from tradeday.session import TradingSession, result_dict
+
+
+def _run_name() -> str:
+    params = flow_run.parameters
+    day = params.get("session_date") or exchange_today()
+    config = params.get("config")
+    model = (
+        config.model.name
+        if isinstance(config, SessionConfig)
+        else (config or {}).get("model", {}).get("name", "default")
+    )
+    return f"{day}-{model}"
+
+
+@flow(name="trading-session", flow_run_name=_run_name, log_prints=False)
+def trading_session(config: SessionConfig = SessionConfig(), session_date: date | None = None):  # noqa: B008
+    """Trade one NYSE session with the configured model, end flat, and write the report."""
+    logger = get_run_logger()
+    day = session_date or exchange_today()
+    window = market_window(day)
+    if isinstance(window, MarketClosed):
+        logger.info("%s: nothing to do", window)
+        return Completed(message=str(window), data={"status": "closed", "reason": window.reason})
+    credentials = (
+        alpaca_credentials()
+        if config.broker.kind == "alpaca" or config.feed.source != "replay"
+        else None
+    )
+    recover_crashed_runs(config, credentials)
+    session = TradingSession(
+        config,
+        window,
+        credentials=credentials,
+        logger=logger,
+        flow_run_id=str(flow_run.id or ""),
+        deployment=deployment.name or "",
+    )
+    status, message = "completed", ""
+    try:
+        stream_session(session)
+    except (TerminationSignal, KeyboardInterrupt) as exc:
+        status, message = "cancelled", f"stopped by {type(exc).__name__}"
+        raise
+    except BaseException as exc:
+        status, message = "failed", f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        result = session.shutdown(status, message)
+        if status != "completed":
+            ledger = Ledger(config.ledger_url)
+            try:
+                write_report(ledger, session.run_id, config.report_path)
+            finally:
+                ledger.close()
+        session.close()
+    report = end_of_day_report(config.ledger_url, session.run_id, config.report_path)
+    publish_summary(result, report)
+    return {**result_dict(result), "report_path": report}

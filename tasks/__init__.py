@@ -1,0 +1,1 @@
+"""Thin Prefect tasks over the engine: each is one visible step of a session in the UI."""

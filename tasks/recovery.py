@@ -1,0 +1,28 @@
+"""Flatten what crashed earlier runs left open, before a new session trades."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from tradeday.config import SessionConfig
+from tradeday.ledger import Ledger
+from tradeday.recovery import recover
+from tradeday.session import Credentials, account_of, make_broker
+
+
+@task(name="recover", cache_policy=NO_CACHE)
+def recover_crashed_runs(config: SessionConfig, credentials: Credentials | None) -> list[dict]:
+    logger = get_run_logger()
+    ledger = Ledger(config.ledger_url)
+    broker = make_broker(config, credentials)
+    try:
+        done = recover(ledger, broker, account_of(config, credentials))
+    finally:
+        broker.close()
+        ledger.close()
+    for rec in done:
+        logger.warning("recovered crashed run %s: closed %s", rec.run_id, rec.closed or "nothing")
+    if not done:
+        logger.info("no crashed runs to recover")
+    return [{"run_id": r.run_id, "closed": r.closed, "fills": r.fills} for r in done]

@@ -1,0 +1,1 @@
+"""Brokers: where risk-approved orders go and where fills come from."""

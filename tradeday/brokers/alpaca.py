@@ -1,0 +1,714 @@
+"""Alpaca paper trading through alpaca-py's ``TradingClient``.
+
+Threading: :meth:`AlpacaPaperBroker.submit` only puts the order on a queue, so the feed
+thread never waits on HTTP. One worker thread sends orders in arrival order and, while any
+order of this broker is still working, polls Alpaca for fills. Outcomes go to
+``executions`` as :class:`~tradeday.brokers.base.Execution` records.
+
+Fills come from **polling, not the ``trade_updates`` stream**: several sessions share one
+account and polling needs no extra connection per session, it survives restarts without a
+replay protocol, and when nothing is working it sends no requests at all. A poll lists this
+account's orders submitted since the oldest working one (``GET /v2/orders?status=all&after=``)
+and turns each increase of ``filled_qty`` into one PARTIAL_FILL or FILL. The price of that
+delta comes from the cumulative average, ``(avg1*qty1 - avg0*qty0) / (qty1 - qty0)``, computed
+on Alpaca's decimal strings so whole-order fills report exactly Alpaca's price; it is exact
+for partial fills too unless Alpaca rounded the average. Two fills landing between two polls
+arrive as one execution at their average price.
+
+Idempotence: orders carry the caller's deterministic ``client_order_id``. When Alpaca answers
+that the id already exists (a resubmit after a restart, or a retry whose first answer was
+lost) the broker looks the order up and follows it as the same order: no second order.
+Refusals (403 buying power or shares, 422 bad parameters) become REJECTED executions with
+Alpaca's message; nothing raises into the engine. Network errors and 429/5xx are retried with
+bounded, jittered exponential backoff; an order whose fate stays unknown is reported REJECTED
+and then checked on every poll, so if it did reach Alpaca its fills are still reported.
+
+The keys live only inside the ``TradingClient``: they are never logged, and ``repr``/``str``
+of the broker and of its exceptions do not contain them.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from queue import Empty, SimpleQueue
+from typing import Any, TypeVar
+
+import requests
+from alpaca.common.enums import Sort
+from alpaca.common.exceptions import APIError
+from alpaca.trading.client import TradingClient
+from alpaca.trading.enums import OrderSide, OrderStatus, QueryOrderStatus, TimeInForce
+from alpaca.trading.models import Order
+from alpaca.trading.requests import GetOrdersRequest, LimitOrderRequest, MarketOrderRequest
+from requests.adapters import HTTPAdapter
+
+from tradeday.brokers.base import Broker, BrokerOrder, ExecType, Execution
+from tradeday.events import Side, datetime_to_ns
+
+log = logging.getLogger(__name__)
+
+PAPER_URL = "https://paper-api.alpaca.markets"
+
+T = TypeVar("T")
+
+_TRANSIENT_HTTP = frozenset({429, 500, 502, 503, 504})
+_NETWORK_ERRORS = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+)
+_DUPLICATE_ID = "client_order_id must be unique"
+_TERMINAL = frozenset(
+    {
+        OrderStatus.FILLED,
+        OrderStatus.CANCELED,
+        OrderStatus.EXPIRED,
+        OrderStatus.REJECTED,
+        OrderStatus.REPLACED,
+    }
+)
+_ENDED = frozenset({OrderStatus.CANCELED, OrderStatus.EXPIRED, OrderStatus.REPLACED})
+_MAX_ORDERS_PER_PAGE = 500
+_STOP = object()
+_WAKE = object()
+
+
+class AlpacaError(RuntimeError):
+    """Alpaca refused a request that has no execution to carry the refusal."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class AlpacaAuthError(AlpacaError):
+    """The keys were refused: no point retrying, the session cannot trade."""
+
+
+class AlpacaUnavailable(AlpacaError):
+    """Alpaca could not be reached (or kept failing) within the retry budget."""
+
+
+@dataclass(frozen=True, slots=True)
+class MarketClock:
+    """Alpaca's clock in UTC (Alpaca sends New York offsets; tradeday is UTC inside)."""
+
+    timestamp: datetime
+    is_open: bool
+    next_open: datetime
+    next_close: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Leftovers:
+    """What :meth:`AlpacaPaperBroker.wait_until_flat` found still there when it returned."""
+
+    positions: dict[str, int]
+    open_orders: tuple[str, ...]
+
+    @property
+    def flat(self) -> bool:
+        return not self.positions and not self.open_orders
+
+
+@dataclass(slots=True)
+class _Tracked:
+    """What this broker knows of one order; mutated only under the broker's lock."""
+
+    client_order_id: str
+    symbol: str
+    side: Side
+    broker_order_id: str
+    submitted_at: datetime
+    updated_at: datetime
+    status: OrderStatus
+    filled_qty: Decimal = Decimal(0)
+    filled_avg: Decimal = Decimal(0)
+
+    def state(self) -> Execution:
+        """The order as one record: cumulative filled qty and average price."""
+        if self.status is OrderStatus.FILLED:
+            kind = ExecType.FILL
+        elif self.status is OrderStatus.PARTIALLY_FILLED:
+            kind = ExecType.PARTIAL_FILL
+        elif self.status is OrderStatus.REJECTED:
+            kind = ExecType.REJECTED
+        elif self.status in _ENDED:
+            kind = ExecType.CANCELED
+        else:
+            kind = ExecType.ACCEPTED
+        return Execution(
+            client_order_id=self.client_order_id,
+            kind=kind,
+            ts=datetime_to_ns(self.updated_at),
+            symbol=self.symbol,
+            side=self.side,
+            qty=int(self.filled_qty),
+            price=float(self.filled_avg),
+            reason=self.status.value if kind in (ExecType.CANCELED, ExecType.REJECTED) else "",
+            broker_order_id=self.broker_order_id,
+        )
+
+
+class _TimeoutAdapter(HTTPAdapter):
+    """requests has no default timeout and alpaca-py sets none: a dead peer would hang."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__()
+        self._timeout = timeout
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = self._timeout
+        return super().send(request, **kwargs)
+
+
+class _Api:
+    """A ``TradingClient`` used by one thread at a time, retried with our own backoff."""
+
+    def __init__(
+        self,
+        key_id: str,
+        secret_key: str,
+        base_url: str,
+        timeout: float,
+        retries: int,
+        backoff: float,
+        max_backoff: float,
+        abort: threading.Event,
+    ) -> None:
+        self.client = TradingClient(key_id, secret_key, paper=True, url_override=base_url)
+        # alpaca-py itself sleeps a fixed 3 s between up to 3 retries of 429/504, blocking
+        # the worker with no jitter; switch that off and retry here instead.
+        self.client._retry = 0
+        adapter = _TimeoutAdapter(timeout)
+        self.client._session.mount("http://", adapter)
+        self.client._session.mount("https://", adapter)
+        self._lock = threading.Lock()
+        self._retries = retries
+        self._backoff = backoff
+        self._max_backoff = max_backoff
+        self._abort = abort
+
+    def call(self, what: str, fn: Callable[[TradingClient], T], retries: int | None = None) -> T:
+        """``fn(client)``; network errors and 429/5xx retried, other API errors raised."""
+        retries = self._retries if retries is None else retries
+        for attempt in range(retries + 1):
+            try:
+                with self._lock:
+                    return fn(self.client)
+            except APIError as err:
+                if err.status_code not in _TRANSIENT_HTTP:
+                    raise
+                problem = f"HTTP {err.status_code}"
+            except _NETWORK_ERRORS as err:
+                problem = f"{type(err).__name__}: {err}"
+            if attempt == retries:
+                break
+            delay = min(self._max_backoff, self._backoff * 2**attempt) * random.uniform(0.5, 1.0)
+            log.warning(
+                "alpaca %s failed (%s); retry %d/%d in %.2fs",
+                what,
+                problem,
+                attempt + 1,
+                retries,
+                delay,
+            )
+            if self._abort.wait(delay):
+                break
+        raise AlpacaUnavailable(f"{what}: {problem} (gave up after {attempt + 1} attempts)")
+
+    def close(self) -> None:
+        self.client._session.close()
+
+
+def _message(err: APIError) -> str:
+    """Alpaca's own words for a refusal; HTML from a proxy is cut short."""
+    try:
+        return str(err.message)
+    except (ValueError, KeyError, TypeError):
+        return str(err)[:200]
+
+
+def _decimal(value: str | float | None) -> Decimal:
+    return Decimal(0) if value is None else Decimal(str(value))
+
+
+class AlpacaPaperBroker(Broker):
+    """Orders to an Alpaca (paper) account; see the module docstring for the mechanics.
+
+    Construction checks the keys with ``GET /v2/account`` so a bad key fails the session at
+    start with :class:`AlpacaAuthError`, not as a stream of rejected orders later.
+    """
+
+    name = "alpaca-paper"
+
+    def __init__(
+        self,
+        key_id: str,
+        secret_key: str,
+        base_url: str = PAPER_URL,
+        poll_interval: float = 0.5,
+        *,
+        timeout: float = 10.0,
+        max_retries: int = 4,
+        backoff: float = 0.25,
+        max_backoff: float = 5.0,
+    ) -> None:
+        super().__init__()
+        if not key_id or not secret_key:
+            raise AlpacaAuthError("Alpaca key_id and secret_key are both required")
+        self.base_url = base_url.rstrip("/")
+        self.poll_interval = poll_interval
+        self._max_backoff = max_backoff
+        self._closed = threading.Event()
+        self._abort = threading.Event()
+        api = (key_id, secret_key, self.base_url, timeout, max_retries, backoff, max_backoff)
+        self._api = _Api(*api, abort=self._abort)
+        self._worker_api = _Api(*api, abort=self._abort)
+        self._lock = threading.Lock()
+        self._tracked: dict[str, _Tracked] = {}
+        self._working: set[str] = set()
+        self._unconfirmed: dict[str, BrokerOrder] = {}
+        self._queue: SimpleQueue[object] = SimpleQueue()
+        try:
+            self._check_account()
+        except AlpacaError:
+            self._api.close()
+            self._worker_api.close()
+            raise
+        self._thread = threading.Thread(target=self._run, name="alpaca-broker", daemon=True)
+        self._thread.start()
+
+    def __repr__(self) -> str:
+        return f"AlpacaPaperBroker(base_url={self.base_url!r}, working={len(self._working)})"
+
+    # ----------------------------------------------------------------- Broker interface
+
+    def submit(self, order: BrokerOrder) -> None:
+        if self._closed.is_set():
+            self._reject(order, "broker is closed")
+            return
+        self._queue.put(order)
+
+    def positions(self) -> dict[str, int]:
+        held = self._sync("GET /v2/positions", lambda c: c.get_all_positions())
+        return {p.symbol: int(_decimal(p.qty)) for p in held if _decimal(p.qty)}
+
+    def find_order(self, client_order_id: str) -> Execution | None:
+        """Local state if this broker follows the order, else Alpaca's; then follow it.
+
+        ``qty``/``price`` are the cumulative filled quantity and average price. An order
+        found at Alpaca is followed from its current state: later fills arrive as executions,
+        earlier ones are only in this answer.
+        """
+        with self._lock:
+            known = self._tracked.get(client_order_id)
+            if known is not None:
+                return known.state()
+        try:
+            found = self._sync(
+                f"GET order {client_order_id}",
+                lambda c: c.get_order_by_client_id(client_order_id),
+            )
+        except AlpacaError as err:
+            if err.status == 404:
+                return None
+            raise
+        with self._lock:
+            tracked = self._tracked.get(client_order_id) or self._follow(found, baseline=True)
+            state = tracked.state()
+        self._queue.put(_WAKE)
+        return state
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Send what is queued (up to ``timeout``), stop the worker, drop connections."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+        self._abort.set()
+        self._thread.join(1.0)
+        if self._thread.is_alive():
+            log.warning("alpaca worker still busy %.1fs after close(); abandoning it", timeout)
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except Empty:
+                break
+            if isinstance(item, BrokerOrder):
+                self._reject(item, "broker closed before sending")
+        self._api.close()
+        self._worker_api.close()
+
+    # ----------------------------------------------------------------- account helpers
+
+    def clock(self) -> MarketClock:
+        clock = self._sync("GET /v2/clock", lambda c: c.get_clock())
+        return MarketClock(
+            timestamp=clock.timestamp.astimezone(UTC),
+            is_open=clock.is_open,
+            next_open=clock.next_open.astimezone(UTC),
+            next_close=clock.next_close.astimezone(UTC),
+        )
+
+    def close_all_positions(self) -> dict[str, int]:
+        """Liquidate the whole account: only for sessions configured to own it.
+
+        ``DELETE /v2/positions?cancel_orders=true``; returns the per-symbol status of the 207
+        answer (200 = closing order placed). Alpaca names the closing orders itself, so their
+        executions carry Alpaca's ``client_order_id``s. Follow with :meth:`wait_until_flat`.
+        """
+        answers = self._sync(
+            "DELETE /v2/positions", lambda c: c.close_all_positions(cancel_orders=True)
+        )
+        statuses: dict[str, int] = {}
+        for answer in answers:
+            statuses[str(answer.symbol)] = answer.status or 0
+            if isinstance(answer.body, Order):
+                with self._lock:
+                    self._follow(answer.body, baseline=False)
+            else:
+                log.warning("alpaca could not close %s: %s", answer.symbol, answer.body.message)
+        log.info("close_all_positions: %s", statuses or "nothing to close")
+        self._queue.put(_WAKE)
+        return statuses
+
+    def wait_until_flat(
+        self, symbols: Iterable[str] | None = None, timeout: float = 10.0
+    ) -> Leftovers:
+        """Wait until no position and no open order is left (in ``symbols``, or at all).
+
+        Asks Alpaca, not local state, so orders from before a restart count too. Returns what
+        is left when flat or at ``timeout``; ``.flat`` says which.
+        """
+        wanted = None if symbols is None else set(symbols)
+        deadline = time.monotonic() + timeout
+        while True:
+            positions = {s: q for s, q in self.positions().items() if wanted is None or s in wanted}
+            request = GetOrdersRequest(
+                status=QueryOrderStatus.OPEN,
+                limit=_MAX_ORDERS_PER_PAGE,
+                symbols=sorted(wanted) if wanted else None,
+            )
+            open_orders = self._sync("GET /v2/orders", lambda c, r=request: c.get_orders(r))
+            left = Leftovers(positions, tuple(o.client_order_id for o in open_orders))
+            remaining = deadline - time.monotonic()
+            if left.flat or remaining <= 0:
+                if not left.flat:
+                    log.warning("not flat after %.1fs: %s", timeout, left)
+                return left
+            time.sleep(min(self.poll_interval, remaining))
+
+    # ----------------------------------------------------------------- worker thread
+
+    def _run(self) -> None:
+        next_poll = 0.0
+        failures = 0
+        while True:
+            wait = max(0.0, next_poll - time.monotonic()) if self._busy() else None
+            try:
+                item = self._queue.get(timeout=wait)
+            except Empty:
+                item = None
+            if item is _STOP:
+                return
+            if isinstance(item, BrokerOrder):
+                self._send(item)
+            if self._busy() and time.monotonic() >= next_poll:
+                try:
+                    failures = 0 if self._poll() else failures + 1
+                except Exception:  # never let one bad answer end fill reporting
+                    log.exception("alpaca poll failed")
+                    failures += 1
+                pause = min(self.poll_interval * 2**failures, self._max_backoff)
+                next_poll = time.monotonic() + pause
+
+    def _busy(self) -> bool:
+        return bool(self._working or self._unconfirmed)
+
+    def _send(self, order: BrokerOrder) -> None:
+        cid = order.client_order_id
+        with self._lock:
+            if cid in self._tracked:
+                log.warning("order %s is already followed; not sending it again", cid)
+                return
+        try:
+            request = self._request(order)
+        except ValueError as err:
+            self._reject(order, f"invalid order: {err}")
+            return
+        started = time.perf_counter()
+        try:
+            placed = self._worker_api.call(f"POST order {cid}", lambda c: c.submit_order(request))
+        except APIError as err:
+            if _DUPLICATE_ID in _message(err):
+                self._adopt(order)
+            else:
+                self._reject(order, _message(err))
+            return
+        except Exception as err:  # unreachable, or an answer we could not read
+            if not isinstance(err, AlpacaUnavailable):
+                log.exception("unexpected failure sending %s", cid)
+            self._reject(order, f"not confirmed: {err}")
+            with self._lock:
+                self._unconfirmed[cid] = order
+            return
+        log.info(
+            "order %s %s %s %d accepted as %s in %.1f ms",
+            cid,
+            order.side.value,
+            order.symbol,
+            order.qty,
+            placed.id,
+            (time.perf_counter() - started) * 1000,
+        )
+        with self._lock:
+            self._follow(placed, baseline=False)
+
+    def _adopt(self, order: BrokerOrder) -> None:
+        """The id exists at Alpaca already: follow that order instead of placing another."""
+        cid = order.client_order_id
+        try:
+            existing = self._worker_api.call(
+                f"GET order {cid}", lambda c: c.get_order_by_client_id(cid)
+            )
+        except Exception as err:
+            log.warning("order %s exists at Alpaca but could not be read (%s)", cid, err)
+            with self._lock:
+                self._unconfirmed[cid] = order
+            return
+        log.info("order %s already at Alpaca as %s: following it, not resending", cid, existing.id)
+        with self._lock:
+            self._follow(existing, baseline=False)
+
+    def _poll(self) -> bool:
+        """One round of fill detection; False when Alpaca could not be asked."""
+        with self._lock:
+            working = {self._tracked[c].broker_order_id: self._tracked[c] for c in self._working}
+            unconfirmed = list(self._unconfirmed.values())
+        try:
+            if working:
+                self._poll_working(working)
+            for order in unconfirmed:
+                self._reconcile(order)
+        except (APIError, AlpacaUnavailable) as err:
+            log.warning("alpaca poll failed: %s", err)
+            return False
+        return True
+
+    def _poll_working(self, working: dict[str, _Tracked]) -> None:
+        """Page through the account's orders since the oldest working one, oldest first.
+
+        Pages overlap by a microsecond (``after`` is exclusive and a burst shares
+        timestamps); orders already seen are skipped. What paging cannot reach, such as
+        more than a page of orders in one microsecond, is asked for one by one.
+        """
+        since = min(t.submitted_at for t in working.values()) - timedelta(seconds=1)
+        while working:
+            request = GetOrdersRequest(
+                status=QueryOrderStatus.ALL,
+                after=since,
+                direction=Sort.ASC,
+                limit=_MAX_ORDERS_PER_PAGE,
+            )
+            page = self._worker_api.call("GET /v2/orders", lambda c, r=request: c.get_orders(r), 0)
+            for order in page:
+                tracked = working.pop(str(order.id), None)
+                if tracked is not None:
+                    with self._lock:
+                        self._apply(tracked, order)
+            following = page[-1].submitted_at - timedelta(microseconds=1) if page else since
+            if len(page) < _MAX_ORDERS_PER_PAGE or following <= since:
+                break
+            since = following
+        for broker_order_id, tracked in working.items():
+            try:
+                order = self._worker_api.call(
+                    f"GET order {tracked.client_order_id}",
+                    lambda c, i=broker_order_id: c.get_order_by_id(i),
+                    0,
+                )
+            except APIError as err:
+                if err.status_code != 404:
+                    raise
+                log.warning("order %s unknown to Alpaca; no longer following it", broker_order_id)
+                with self._lock:
+                    self._working.discard(tracked.client_order_id)
+                continue
+            with self._lock:
+                self._apply(tracked, order)
+
+    def _reconcile(self, order: BrokerOrder) -> None:
+        """Did an order whose sending failed reach Alpaca after all?"""
+        cid = order.client_order_id
+        try:
+            found = self._worker_api.call(
+                f"GET order {cid}", lambda c: c.get_order_by_client_id(cid), 0
+            )
+        except APIError as err:
+            if err.status_code != 404:
+                raise
+            log.info("order %s never reached Alpaca; its rejection stands", cid)
+            with self._lock:
+                self._unconfirmed.pop(cid, None)
+            return
+        log.warning("order %s reached Alpaca after all, as %s: following it", cid, found.id)
+        with self._lock:
+            self._unconfirmed.pop(cid, None)
+            self._follow(found, baseline=False)
+
+    # ----------------------------------------------------------------- bookkeeping
+
+    def _follow(self, order: Order, baseline: bool) -> _Tracked:
+        """Start following ``order`` (caller holds the lock).
+
+        With ``baseline`` its current fills count as already reported (``find_order``
+        answered them); otherwise ACCEPTED and every fill so far become executions.
+        """
+        cid = order.client_order_id
+        if cid in self._tracked:
+            return self._tracked[cid]
+        tracked = _Tracked(
+            client_order_id=cid,
+            symbol=str(order.symbol),
+            side=Side(OrderSide(order.side).value),
+            broker_order_id=str(order.id),
+            submitted_at=order.submitted_at,
+            updated_at=order.updated_at,
+            status=OrderStatus.NEW,
+        )
+        self._tracked[cid] = tracked
+        if baseline:
+            tracked.status = OrderStatus(order.status)
+            tracked.filled_qty = _decimal(order.filled_qty)
+            tracked.filled_avg = _decimal(order.filled_avg_price)
+            if tracked.status not in _TERMINAL:
+                self._working.add(cid)
+            return tracked
+        self._working.add(cid)
+        self._emit(tracked, ExecType.ACCEPTED, order.submitted_at)
+        self._apply(tracked, order)
+        return tracked
+
+    def _apply(self, tracked: _Tracked, order: Order) -> None:
+        """Turn what changed since the last look into executions (caller holds the lock)."""
+        qty = _decimal(order.filled_qty)
+        avg = _decimal(order.filled_avg_price)
+        status = OrderStatus(order.status)
+        if qty > tracked.filled_qty:
+            delta = qty - tracked.filled_qty
+            price = (avg * qty - tracked.filled_avg * tracked.filled_qty) / delta
+            done = status is OrderStatus.FILLED
+            kind = ExecType.FILL if done else ExecType.PARTIAL_FILL
+            at = order.filled_at if done and order.filled_at else order.updated_at
+            self._emit(tracked, kind, at, qty=int(delta), price=float(price))
+            log.info(
+                "%s %s %s %s %s @ %s (%s of %s)",
+                kind.value,
+                tracked.client_order_id,
+                tracked.side.value,
+                delta,
+                tracked.symbol,
+                price.normalize(),
+                qty,
+                order.qty,
+            )
+            tracked.filled_qty, tracked.filled_avg = qty, avg
+        tracked.status = status
+        tracked.updated_at = order.updated_at
+        if status in _TERMINAL:
+            self._working.discard(tracked.client_order_id)
+            if status is OrderStatus.REJECTED:
+                self._emit(tracked, ExecType.REJECTED, order.updated_at, reason="rejected")
+            elif status in _ENDED:
+                self._emit(tracked, ExecType.CANCELED, order.updated_at, reason=status.value)
+
+    def _emit(
+        self,
+        tracked: _Tracked,
+        kind: ExecType,
+        at: datetime,
+        qty: int = 0,
+        price: float = 0.0,
+        reason: str = "",
+    ) -> None:
+        self.executions.append(
+            Execution(
+                client_order_id=tracked.client_order_id,
+                kind=kind,
+                ts=datetime_to_ns(at),
+                symbol=tracked.symbol,
+                side=tracked.side,
+                qty=qty,
+                price=price,
+                reason=reason,
+                broker_order_id=tracked.broker_order_id,
+            )
+        )
+
+    def _reject(self, order: BrokerOrder, reason: str) -> None:
+        log.warning(
+            "order %s %s %s %d rejected: %s",
+            order.client_order_id,
+            order.side.value,
+            order.symbol,
+            order.qty,
+            reason,
+        )
+        self.executions.append(
+            Execution(
+                client_order_id=order.client_order_id,
+                kind=ExecType.REJECTED,
+                ts=time.time_ns(),
+                symbol=order.symbol,
+                side=order.side,
+                reason=reason,
+            )
+        )
+
+    @staticmethod
+    def _request(order: BrokerOrder) -> MarketOrderRequest | LimitOrderRequest:
+        fields: dict[str, Any] = {
+            "symbol": order.symbol,
+            "qty": order.qty,
+            "side": OrderSide(order.side.value),
+            "time_in_force": TimeInForce.DAY,
+            "client_order_id": order.client_order_id,
+        }
+        if order.limit_price is None:
+            return MarketOrderRequest(**fields)
+        return LimitOrderRequest(limit_price=order.limit_price, **fields)
+
+    def _sync(self, what: str, fn: Callable[[TradingClient], T]) -> T:
+        """A call from the caller's thread; API refusals become :class:`AlpacaError`."""
+        try:
+            return self._api.call(what, fn)
+        except APIError as err:
+            status = err.status_code
+            if status in (401, 403):
+                raise AlpacaAuthError(
+                    f"Alpaca at {self.base_url} refused the keys ({status}: {_message(err)}); "
+                    "check key_id/secret_key and that they are paper keys for this endpoint",
+                    status,
+                ) from None
+            raise AlpacaError(f"{what}: {_message(err)} ({status})", status) from None
+
+    def _check_account(self) -> None:
+        account = self._sync("GET /v2/account", lambda c: c.get_account())
+        if account.trading_blocked or account.account_blocked:
+            raise AlpacaError(f"Alpaca account at {self.base_url} is blocked from trading")
+        log.info(
+            "alpaca account at %s: %s, buying power %s",
+            self.base_url,
+            account.status.value,
+            account.buying_power,
+        )

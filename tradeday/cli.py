@@ -1,0 +1,153 @@
+"""The ``tradeday`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from datetime import date
+from pathlib import Path
+
+DEMO_DATE = date(2013, 9, 3)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    sys.exit(128 + signum)
+
+
+def _offline_prefect_defaults() -> None:
+    """Quiet, offline-safe Prefect settings unless the user chose otherwise.
+
+    SIGTERM becomes ``SystemExit``: inside a flow Prefect turns it into a
+    ``TerminationSignal`` (the session flattens in its ``finally``) and then re-delivers it
+    here, so the process still exits, but through ``atexit``, which stops the temporary
+    Prefect server instead of orphaning it.
+    """
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+def _session_config(args: argparse.Namespace):
+    from tradeday.config import ConfigError, parse_session_config
+
+    raw: dict = json.loads(Path(args.config).read_text()) if getattr(args, "config", None) else {}
+    if args.model:
+        model = raw.get("model") or {}
+        if model.get("name") != args.model:
+            model = {"name": args.model}
+        raw["model"] = model
+    if getattr(args, "params", None):
+        raw["model"] = {**raw.get("model", {}), **json.loads(args.params)}
+    for key in ("ledger_url", "report_path"):
+        if getattr(args, key, None):
+            raw[key] = getattr(args, key)
+    if getattr(args, "symbols", None):
+        raw["symbols"] = args.symbols.split(",")
+    try:
+        return parse_session_config(raw)
+    except ConfigError as exc:
+        sys.exit(f"tradeday: {exc}")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    _offline_prefect_defaults()
+    from tradeday import recording
+
+    day = date.fromisoformat(args.date) if args.date else DEMO_DATE
+    if not args.symbols:
+        args.symbols = "ES" if day.year == 2013 else "AAPL,MSFT,NVDA,IBM"
+    config = _session_config(args)
+    if config.feed.recording is None and day not in recording.bundled_days():
+        days = ", ".join(d.isoformat() for d in recording.bundled_days())
+        sys.exit(f"tradeday: --date {day} has no bundled recording; recorded days: {days}")
+    from flows.session import trading_session
+
+    print(f"tradeday demo: replaying {day} ({','.join(config.symbols)}) with {config.model.name}…")
+    state = trading_session(config=config, session_date=day, return_state=True)
+    result = state.result(raise_on_failure=False)
+    if not isinstance(result, dict) or "run_id" not in result:
+        print(f"session ended: {state.name}: {state.message or result}")
+        return 0 if state.is_completed() else 1
+    flat = "flat" if not result["final_positions"] else result["final_positions"]
+    position = 0 if not result["final_positions"] else sum(result["final_positions"].values())
+    report = result["report_path"]
+    print(
+        f"""
+  date            {result["session_date"]}
+  model           {result["model"]}  ({result["status"]}: {result["message"]})
+  ticks processed {result["ticks"]:,}  (skipped {result["skipped"]:,})
+  orders          {result["orders"]:,}
+  fills           {result["fills"]:,}
+  risk rejections {result["risk_rejections"]:,}
+  final position  {position}  ({flat})
+  realized P&L    {result["realized"]:,.2f}
+  net P&L         {result["net"]:,.2f}
+  report          {report}
+
+Try:
+  .venv/bin/python -c "import duckdb; print(duckdb.connect('{report}', read_only=True).sql('SELECT session_date, model, symbol, trades, realized, fees, net FROM pnl ORDER BY session_date'))"
+"""
+    )
+    return 0 if result["status"] == "completed" and position == 0 else 1
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    _offline_prefect_defaults()
+    config = _session_config(args)
+    from flows.session import trading_session
+
+    day = date.fromisoformat(args.date) if args.date else None
+    state = trading_session(config=config, session_date=day, return_state=True)
+    print(f"{state.name}: {state.message or ''}")
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, dict):
+        print(json.dumps(result, indent=2, default=str))
+    return 0 if state.is_completed() else 1
+
+
+def cmd_replay_server(args: argparse.Namespace) -> int:
+    from tradeday.replay.server import serve_forever
+
+    serve_forever(args.data, port=args.port, speed=args.speed)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tradeday", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def session_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--date", help="session date YYYY-MM-DD (America/New_York)")
+        p.add_argument("--model", help="registered model name")
+        p.add_argument("--params", help="model params as JSON, e.g. '{\"quantity\": 10}'")
+        p.add_argument("--symbols", help="comma-separated symbols")
+        p.add_argument("--config", help="JSON file with the whole session parameter")
+        p.add_argument("--ledger-url", dest="ledger_url", help="SQLAlchemy URL of the ledger")
+        p.add_argument("--report-path", dest="report_path", help="DuckDB report file")
+
+    demo = sub.add_parser("demo", help="replay a recorded day end to end and print a summary")
+    session_args(demo)
+    demo.set_defaults(func=cmd_demo)
+
+    run = sub.add_parser("run", help="run one trading_session flow with the given parameters")
+    session_args(run)
+    run.set_defaults(func=cmd_run)
+
+    rs = sub.add_parser("replay-server", help="serve a recording over the Alpaca stream protocol")
+    rs.add_argument("--data", required=True, help="Parquet recording")
+    rs.add_argument("--port", type=int, default=8765)
+    rs.add_argument(
+        "--speed", type=float, default=None, help="× real time; default: as fast as read"
+    )
+    rs.set_defaults(func=cmd_replay_server)
+
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

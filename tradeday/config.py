@@ -1,0 +1,154 @@
+"""The session's one parameter object, validated before anything starts.
+
+This is what a Prefect deployment's parameter form shows: the model is a plain ``Union``
+of the registered models' params classes (one tab per model in the UI, no
+discriminator: see docs/architecture.md), everything else a nested, frozen pydantic model
+with bounds, so a bad value is refused by the schema before a run is created and by
+:func:`parse_session_config` with the field named when called from code or the CLI.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+import models
+
+FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+_param_classes = tuple(models.params_classes())
+ModelChoice = Union[_param_classes] if len(_param_classes) > 1 else _param_classes[0]  # noqa: UP007
+
+
+DEFAULT_MODEL: str = _param_classes[0].model_fields["name"].default
+
+
+class FeedConfig(BaseModel):
+    """Where ticks come from. Keys never go here: they come from the environment or a Secret block."""
+
+    model_config = ConfigDict(FROZEN, title="Feed")
+
+    source: Literal["replay", "iex", "sip", "test"] = Field(
+        "replay",
+        title="Source",
+        description="replay: the embedded replay server on recorded data; iex/sip/test: Alpaca's live streams",
+    )
+    recording: str | None = Field(
+        None,
+        title="Recording",
+        description="Parquet recording to replay (default: the bundled recording holding the session date)",
+    )
+    speed: float | None = Field(
+        None,
+        gt=0,
+        title="Replay speed",
+        description="Multiple of real time; empty = as fast as possible",
+    )
+    url: str | None = Field(None, title="Stream URL", description="Override the stream URL")
+    stale_after_s: float = Field(
+        30.0,
+        gt=0,
+        title="Stale after (s)",
+        description="Reconnect when no frame arrives for this long",
+    )
+    batch: int = Field(100, ge=1, le=10_000, title="Replay messages per frame")
+
+
+class BrokerConfig(BaseModel):
+    """Where orders go: the built-in simulator, or Alpaca paper when keys are configured."""
+
+    model_config = ConfigDict(FROZEN, title="Broker")
+
+    kind: Literal["simulated", "alpaca"] = Field("simulated", title="Broker")
+    starting_cash: float = Field(1_000_000.0, gt=0, title="Starting cash")
+    latency_ms: float = Field(0.0, ge=0, title="Simulated latency (ms, tick time)")
+    slippage_bps: float = Field(0.0, ge=0, title="Simulated slippage (bps)")
+    commission_per_share: float = Field(0.0, ge=0, title="Commission per share")
+    alpaca_url: str = Field("https://paper-api.alpaca.markets", title="Alpaca trading API URL")
+    owns_account: bool = Field(
+        False,
+        title="Owns the account",
+        description="Flatten by closing every position in the account, not just this session's",
+    )
+
+
+class RiskLimits(BaseModel):
+    """Checked for every order between the model and the broker."""
+
+    model_config = ConfigDict(FROZEN, title="Risk limits")
+
+    max_order_qty: int = Field(1_000, gt=0, title="Max order quantity")
+    max_position: int = Field(10_000, gt=0, title="Max position per symbol")
+    max_gross_notional: float = Field(50_000_000.0, gt=0, title="Max gross notional")
+    capital: float = Field(
+        10_000_000.0, gt=0, title="Allocated capital", description="Cash this model may commit"
+    )
+    max_orders_per_minute: int = Field(600, gt=0, title="Max orders per minute")
+    max_daily_loss: float = Field(
+        100_000.0,
+        gt=0,
+        title="Max daily loss",
+        description="Kill switch: flatten and stop for the day",
+    )
+
+
+class SessionConfig(BaseModel):
+    """Everything a trading session needs: the model and its params, and where data and orders go."""
+
+    model_config = ConfigDict(FROZEN, title="Session")
+
+    model: Annotated[ModelChoice, Field(title="Model")] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: _param_classes[0](), title="Model"
+    )
+    symbols: list[str] = Field(["ES"], min_length=1, title="Symbols")
+    feed: FeedConfig = Field(default_factory=FeedConfig)
+    broker: BrokerConfig = Field(default_factory=BrokerConfig)
+    risk: RiskLimits = Field(default_factory=RiskLimits)
+    close_buffer_minutes: float = Field(5.0, ge=0, le=120, title="Stop before the close (minutes)")
+    heartbeat_seconds: float = Field(60.0, gt=0, title="Heartbeat log every (s)")
+    ledger_url: str = Field("sqlite:///data/ledger.sqlite", title="Ledger database URL")
+    report_path: str = Field("data/reports.duckdb", title="DuckDB report file")
+
+    @field_validator("model", mode="wrap")
+    @classmethod
+    def _known_model(cls, value: Any, handler: Any) -> Any:
+        """Validate against the named model only, so errors name the model's own field."""
+        if isinstance(value, models.ModelParams):
+            return value
+        if not isinstance(value, dict):
+            return handler(value)
+        name = value.get("name", DEFAULT_MODEL)
+        if name not in models.names():
+            raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(models.names())}")
+        return models.get(name).params_class.model_validate(value)
+
+    @field_validator("symbols")
+    @classmethod
+    def _upper_symbols(cls, value: list[str]) -> list[str]:
+        cleaned = [s.strip().upper() for s in value]
+        if any(not s for s in cleaned):
+            raise ValueError("symbols must not be empty strings")
+        return cleaned
+
+
+class ConfigError(ValueError):
+    """A bad session parameter, with every offending field named."""
+
+
+def parse_session_config(data: Any) -> SessionConfig:
+    """Validate raw parameters into a :class:`SessionConfig` or raise :class:`ConfigError`."""
+    if isinstance(data, SessionConfig):
+        return data
+    try:
+        return SessionConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(describe_errors(exc)) from None
+
+
+def describe_errors(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+        lines.append(f"{where or 'config'}: {err['msg']}")
+    return "invalid session parameters:\n  " + "\n  ".join(lines)

@@ -1,0 +1,299 @@
+"""The hot path: events into the model, its orders through risk to the broker, fills into the book.
+
+Everything here runs on the feed thread, once per event, so it does no I/O, no Prefect
+call and no validation: ledger rows are buffered and taken by :meth:`Engine.take_batch`
+from the session's main thread. The engine is also usable without any feed (golden
+tests and backtests call :meth:`on_trade` and friends directly).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from models.base import Model
+from tradeday.book import Book
+from tradeday.brokers.base import Broker, BrokerOrder, ExecType, Execution
+from tradeday.events import Bar, Order, Quote, Side, Trade
+from tradeday.ledger import Batch
+from tradeday.risk import RiskGate
+
+
+@dataclass
+class EngineStats:
+    events: int = 0
+    orders: int = 0
+    fills: int = 0
+    rejections: int = 0
+    risk_rejections: int = 0
+    after_stop: int = 0
+
+
+class Engine:
+    def __init__(
+        self,
+        run_id: str,
+        model: Model,
+        broker: Broker,
+        risk: RiskGate,
+        book: Book,
+        *,
+        model_name: str,
+        stop_at_ns: int | None = None,
+    ) -> None:
+        self.run_id = run_id
+        self.model = model
+        self.model_name = model_name
+        self.broker = broker
+        self.risk = risk
+        self.book = book
+        self.stop_at_ns = stop_at_ns
+        self.clock = 0
+        self.stats = EngineStats()
+        self.stop_requested = threading.Event()
+        self.stop_reason = ""
+        self.halt_pending = False
+        self._seq = 0
+        self._open: dict[str, dict[str, Any]] = {}
+        self._new_orders: deque[dict[str, Any]] = deque()
+        self._dirty: set[str] = set()
+        self._fills: deque[dict[str, Any]] = deque()
+        self._risk_events: deque[dict[str, Any]] = deque()
+        self._lock = threading.Lock()
+
+    # -- market events (feed thread) ------------------------------------------------------
+
+    def _tick(self, ts: int) -> bool:
+        """Advance tick time; False once the session's stop time is reached."""
+        if self.stop_at_ns is not None and ts >= self.stop_at_ns:
+            self.stats.after_stop += 1
+            if not self.stop_requested.is_set():
+                self.request_stop("close")
+            return False
+        if ts > self.clock:
+            self.clock = ts
+        self.stats.events += 1
+        return True
+
+    def on_trade(self, trade: Trade) -> None:
+        if not self._tick(trade.ts):
+            return
+        with self._lock:
+            self.book.marks[trade.symbol] = trade.price
+            self.broker.on_trade(trade)
+            self._drain()
+            orders = self.model.on_trade(trade, self.book.qty(trade.symbol))
+            if orders:
+                self._route(orders, trade.price)
+                self._drain()
+
+    def on_quote(self, quote: Quote) -> None:
+        if not self._tick(quote.ts):
+            return
+        with self._lock:
+            self.broker.on_quote(quote)
+            self._drain()
+            orders = self.model.on_quote(quote, self.book.qty(quote.symbol))
+            if orders:
+                mid = (quote.bid_price + quote.ask_price) / 2
+                self._route(orders, mid)
+                self._drain()
+
+    def on_bar(self, bar: Bar) -> None:
+        if not self._tick(bar.ts):
+            return
+        with self._lock:
+            self.book.marks[bar.symbol] = bar.close
+            self.broker.on_bar(bar)
+            self._drain()
+            orders = self.model.on_bar(bar, self.book.qty(bar.symbol))
+            if orders:
+                self._route(orders, bar.close)
+                self._drain()
+
+    def request_stop(self, reason: str) -> None:
+        if not self.stop_requested.is_set():
+            self.stop_reason = reason
+            self.stop_requested.set()
+
+    # -- orders ---------------------------------------------------------------------------
+
+    def _route(self, orders: Sequence[Order], price: float) -> None:
+        for order in orders:
+            reason = self.risk.check(order, price, self.clock)
+            if reason is not None:
+                self.stats.risk_rejections += 1
+                self._risk_events.append(
+                    {
+                        "run_id": self.run_id,
+                        "model": self.model_name,
+                        "ts": self.clock,
+                        "symbol": order.symbol,
+                        "side": order.side.value,
+                        "qty": order.qty,
+                        "reason": reason,
+                    }
+                )
+                continue
+            self._send(order, purpose="model")
+
+    def _send(self, order: Order, purpose: str) -> str:
+        self._seq += 1
+        coid = f"{self.run_id}-{self._seq}"
+        row = {
+            "client_order_id": coid,
+            "run_id": self.run_id,
+            "model": self.model_name,
+            "symbol": order.symbol,
+            "side": order.side.value,
+            "qty": order.qty,
+            "limit_price": order.limit_price,
+            "ts": self.clock,
+            "status": "submitted",
+            "filled_qty": 0,
+            "avg_fill_price": 0.0,
+            "reason": "",
+            "purpose": purpose,
+            "tag": order.tag,
+        }
+        self._open[coid] = row
+        self._new_orders.append(row)
+        self.stats.orders += 1
+        self.risk.order_sent(order)
+        self.broker.submit(
+            BrokerOrder(coid, order.symbol, order.side, order.qty, self.clock, order.limit_price)
+        )
+        return coid
+
+    def _drain(self) -> None:
+        """Apply what the broker reported since the last call."""
+        executions = self.broker.executions
+        while executions:
+            self._apply(executions.popleft())
+        if self.risk.check_loss():
+            self.halt_pending = True
+
+    def _apply(self, ex: Execution) -> None:
+        row = self._open.get(ex.client_order_id)
+        if row is None:
+            return  # not ours (another session on the same account) or already closed
+        sign = 1 if ex.side is Side.BUY else -1
+        if ex.kind in (ExecType.FILL, ExecType.PARTIAL_FILL):
+            self.book.apply_fill(ex.symbol, sign * ex.qty, ex.price, ex.fee)
+            filled = row["filled_qty"] + ex.qty
+            row["avg_fill_price"] = (
+                row["avg_fill_price"] * row["filled_qty"] + ex.price * ex.qty
+            ) / filled
+            row["filled_qty"] = filled
+            self.risk.order_done(ex.symbol, sign * ex.qty)
+            self.stats.fills += 1
+            self._fills.append(
+                {
+                    "run_id": self.run_id,
+                    "model": self.model_name,
+                    "client_order_id": ex.client_order_id,
+                    "symbol": ex.symbol,
+                    "side": ex.side.value,
+                    "qty": ex.qty,
+                    "price": ex.price,
+                    "fee": ex.fee,
+                    "ts": ex.ts,
+                }
+            )
+            row["status"] = "filled" if filled >= row["qty"] else "partially_filled"
+        elif ex.kind in (ExecType.REJECTED, ExecType.CANCELED):
+            self.risk.order_done(ex.symbol, sign * (row["qty"] - row["filled_qty"]))
+            row["status"] = ex.kind.value
+            row["reason"] = ex.reason[:500]
+            if ex.kind is ExecType.REJECTED:
+                self.stats.rejections += 1
+        elif ex.kind is ExecType.ACCEPTED:
+            row["status"] = "accepted"
+        self._dirty.add(ex.client_order_id)
+
+    # -- main thread ----------------------------------------------------------------------
+
+    def flatten(self) -> dict[str, int]:
+        """Send offsetting orders for every open position of this session; return them.
+
+        Computed from the session's own book, never the broker's account view, so a
+        session sharing an account closes only what it opened.
+        """
+        sent: dict[str, int] = {}
+        with self._lock:
+            self._drain()
+            for symbol, qty in sorted(self.book.open_positions().items()):
+                pending = self.risk.pending.get(symbol, 0)
+                remaining = qty + pending
+                if remaining == 0:
+                    continue
+                side = Side.SELL if remaining > 0 else Side.BUY
+                self._send(Order(symbol, side, abs(remaining), tag="flatten"), purpose="flatten")
+                sent[symbol] = -remaining
+            self._drain()
+        return sent
+
+    def drain(self) -> None:
+        with self._lock:
+            self._drain()
+
+    def take_batch(self, *, positions: bool = False) -> Batch:
+        """Everything to write since the last call; terminal orders leave memory once taken."""
+        with self._lock:
+            batch = Batch()
+            new_ids = set()
+            while self._new_orders:
+                row = self._new_orders.popleft()
+                new_ids.add(row["client_order_id"])
+                batch.new_orders.append(dict(row))
+            for coid in self._dirty:
+                row = self._open.get(coid)
+                if row is not None and coid not in new_ids:
+                    batch.order_updates.append(
+                        {
+                            k: row[k]
+                            for k in (
+                                "client_order_id",
+                                "status",
+                                "filled_qty",
+                                "avg_fill_price",
+                                "reason",
+                            )
+                        }
+                    )
+            for coid in self._dirty | new_ids:
+                row = self._open.get(coid)
+                if row is not None and row["status"] in ("filled", "rejected", "canceled"):
+                    del self._open[coid]
+            self._dirty.clear()
+            while self._fills:
+                batch.fills.append(self._fills.popleft())
+            while self._risk_events:
+                batch.risk_events.append(self._risk_events.popleft())
+            if positions or batch.fills:
+                batch.positions = [
+                    {
+                        "run_id": self.run_id,
+                        "symbol": s,
+                        "model": self.model_name,
+                        "qty": p.qty,
+                        "avg_price": p.avg_price,
+                        "mark": self.book.marks.get(s, p.avg_price),
+                        "realized": p.realized,
+                        "fees": p.fees,
+                        "ts": self.clock,
+                    }
+                    for s, p in self.book.positions.items()
+                ]
+            return batch
+
+    def open_orders(self) -> int:
+        with self._lock:
+            return sum(
+                1
+                for r in self._open.values()
+                if r["status"] in ("submitted", "accepted", "partially_filled")
+            )

@@ -1,0 +1,170 @@
+"""Market events and order records shared by feeds, models, risk, brokers and the ledger.
+
+Plain ``__slots__`` classes, not pydantic: one is built per tick on the hot path, where
+validation would cost more than the model itself. Timestamps are integer nanoseconds
+since the epoch, UTC: exact, cheap to compare, and what both Alpaca and Parquet carry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from enum import StrEnum
+
+NS_PER_S = 1_000_000_000
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def ns_to_datetime(ts: int) -> datetime:
+    """UTC datetime (microsecond precision) for a nanosecond timestamp."""
+    return EPOCH + timedelta(microseconds=ts // 1000)
+
+
+def datetime_to_ns(value: datetime) -> int:
+    """Nanoseconds since the epoch for a tz-aware datetime."""
+    if value.tzinfo is None:
+        raise ValueError(f"naive datetime {value!r}: give it a timezone (UTC inside tradeday)")
+    delta = value - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * NS_PER_S + delta.microseconds * 1000
+
+
+class Trade:
+    """One print on the tape."""
+
+    __slots__ = ("conditions", "exchange", "price", "size", "symbol", "ts")
+
+    def __init__(
+        self,
+        symbol: str,
+        ts: int,
+        price: float,
+        size: int,
+        exchange: str = "",
+        conditions: tuple[str, ...] = (),
+    ) -> None:
+        self.symbol = symbol
+        self.ts = ts
+        self.price = price
+        self.size = size
+        self.exchange = exchange
+        self.conditions = conditions
+
+    @property
+    def time(self) -> datetime:
+        return ns_to_datetime(self.ts)
+
+    def __repr__(self) -> str:
+        return f"Trade({self.symbol} {self.time.isoformat()} {self.size}@{self.price})"
+
+
+class Quote:
+    """Top of book."""
+
+    __slots__ = ("ask_price", "ask_size", "bid_price", "bid_size", "symbol", "ts")
+
+    def __init__(
+        self,
+        symbol: str,
+        ts: int,
+        bid_price: float,
+        bid_size: int,
+        ask_price: float,
+        ask_size: int,
+    ) -> None:
+        self.symbol = symbol
+        self.ts = ts
+        self.bid_price = bid_price
+        self.bid_size = bid_size
+        self.ask_price = ask_price
+        self.ask_size = ask_size
+
+    @property
+    def time(self) -> datetime:
+        return ns_to_datetime(self.ts)
+
+    def __repr__(self) -> str:
+        return (
+            f"Quote({self.symbol} {self.time.isoformat()} "
+            f"{self.bid_size}x{self.bid_price} / {self.ask_size}x{self.ask_price})"
+        )
+
+
+class Bar:
+    """An OHLCV bar; ``ts`` is the bar's start, as Alpaca labels minute bars."""
+
+    __slots__ = ("close", "high", "low", "open", "symbol", "trade_count", "ts", "volume", "vwap")
+
+    def __init__(
+        self,
+        symbol: str,
+        ts: int,
+        open: float,
+        high: float,
+        low: float,
+        close: float,
+        volume: int,
+        trade_count: int = 0,
+        vwap: float = 0.0,
+    ) -> None:
+        self.symbol = symbol
+        self.ts = ts
+        self.open = open
+        self.high = high
+        self.low = low
+        self.close = close
+        self.volume = volume
+        self.trade_count = trade_count
+        self.vwap = vwap
+
+    @property
+    def time(self) -> datetime:
+        return ns_to_datetime(self.ts)
+
+    def __repr__(self) -> str:
+        return f"Bar({self.symbol} {self.time.isoformat()} o={self.open} c={self.close})"
+
+
+class Side(StrEnum):
+    BUY = "buy"
+    SELL = "sell"
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    """What a model asks for. It never reaches a broker without passing the risk gate."""
+
+    symbol: str
+    side: Side
+    qty: int
+    limit_price: float | None = None
+    tag: str = ""
+
+    @property
+    def signed_qty(self) -> int:
+        return self.qty if self.side is Side.BUY else -self.qty
+
+
+def buy(symbol: str, qty: int, tag: str = "") -> Order:
+    return Order(symbol, Side.BUY, qty, tag=tag)
+
+
+def sell(symbol: str, qty: int, tag: str = "") -> Order:
+    return Order(symbol, Side.SELL, qty, tag=tag)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionWindow:
+    """One exchange session: the regular open and close, UTC nanoseconds."""
+
+    day: date
+    open_ns: int
+    close_ns: int
+    early_close: bool = False
+
+    @property
+    def open(self) -> datetime:
+        return ns_to_datetime(self.open_ns)
+
+    @property
+    def close(self) -> datetime:
+        return ns_to_datetime(self.close_ns)

@@ -1,0 +1,246 @@
+"""Market data through cpquant's realtime client, kept alive.
+
+cpquant's ``AlpacaRealtimeClient`` hard-codes Alpaca's SIP URL, reads its keys from the
+environment, connects in ``__init__`` and swallows every exception in ``listen``. This
+module keeps using that client for real and works around each of those:
+
+- the URL and keys are redirected only while ``__init__`` runs (:func:`open_client`);
+- ``listen`` runs on a feed thread, never the main thread, so a SIGTERM (Prefect's
+  ``TerminationSignal``) lands in the session's main thread where ``finally`` flattens;
+- the auth reply is checked: 402/406/409 end the session with a clear error, no retry;
+- a dropped or silent stream is reconnected with exponential backoff and jitter, then
+  re-authenticated and resubscribed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import websockets.exceptions
+import websockets.sync.client as ws_client
+
+from tradeday.decode import Decoder
+
+log = logging.getLogger(__name__)
+
+ENDPOINTS = {
+    "iex": "wss://stream.data.alpaca.markets/v2/iex",
+    "sip": "wss://stream.data.alpaca.markets/v2/sip",
+    "test": "wss://stream.data.alpaca.markets/v2/test",
+}
+END_OF_REPLAY = "end of replay"
+FATAL_CODES = {
+    401: "not authenticated",
+    402: "auth failed: check the Alpaca key and secret",
+    404: "auth timeout",
+    405: "symbol limit exceeded: subscribe to fewer symbols",
+    406: "connection limit exceeded: another session already uses this account's stream",
+    409: "insufficient subscription: this plan cannot use this feed (free plans get 'iex')",
+}
+_KEY_VARS = ("ALPACA_DATA_PUBLIC_KEY", "ALPACA_DATA_SECRET_KEY")
+_redirect_lock = threading.Lock()
+
+
+class FeedError(RuntimeError):
+    """The stream refused us in a way retrying cannot fix."""
+
+
+def open_client(url: str, key: str, secret: str) -> Any:
+    """A connected cpquant ``AlpacaRealtimeClient`` talking to ``url`` with these keys.
+
+    cpquant looks ``websockets.sync.client.connect`` up when ``__init__`` runs and reads
+    its keys from the environment, so both are swapped for exactly that call, under a
+    lock, and restored.
+    """
+    from cpquant.data import AlpacaRealtimeClient  # never cpquant.stats, never its .env
+
+    with _redirect_lock:
+        original_connect = ws_client.connect
+        saved = {name: os.environ.get(name) for name in _KEY_VARS}
+
+        def connect(_hard_coded_url: str, **kwargs: Any) -> Any:
+            kwargs.setdefault("open_timeout", 10)
+            kwargs.setdefault("close_timeout", 2)
+            kwargs.setdefault("max_size", 2**24)
+            return original_connect(url, **kwargs)
+
+        ws_client.connect = connect
+        os.environ[_KEY_VARS[0]] = key
+        os.environ[_KEY_VARS[1]] = secret
+        try:
+            return AlpacaRealtimeClient()
+        finally:
+            ws_client.connect = original_connect
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+
+class _StopListening(Exception):
+    """Raised inside the frame handler to leave cpquant's ``listen`` (which swallows it)."""
+
+
+@dataclass
+class FeedStats:
+    connects: int = 0
+    reconnects: int = 0
+    drops: int = 0
+    stale_reconnects: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+class StreamFeed:
+    """Runs cpquant's client on a feed thread; frames go straight into the decoder there."""
+
+    def __init__(
+        self,
+        url: str,
+        key: str,
+        secret: str,
+        symbols: Sequence[str],
+        decoder: Decoder,
+        *,
+        trades: bool = True,
+        quotes: bool = False,
+        bars: bool = False,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 30.0,
+        max_reconnects: int = 1_000,
+        on_reconnect: Callable[[], None] | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.url = url
+        self._key = key
+        self._secret = secret
+        self.symbols = list(symbols)
+        self.decoder = decoder
+        self.kinds = (trades, quotes, bars)
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.max_reconnects = max_reconnects
+        self.on_reconnect = on_reconnect
+        self.stats = FeedStats()
+        self.ended = threading.Event()
+        self.end_reason = ""
+        self.error: FeedError | None = None
+        self.last_frame = time.monotonic()
+        self._stopping = threading.Event()
+        self._client: Any = None
+        self._fatal: str | None = None
+        self._random = random.Random(seed)
+        self._thread = threading.Thread(target=self._run, name="tradeday-feed", daemon=True)
+
+    def __repr__(self) -> str:
+        return f"StreamFeed({self.url!r}, symbols={self.symbols})"
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Leave ``listen`` and end the thread; safe from any thread, idempotent."""
+        self._stopping.set()
+        self._close_socket()
+        self._thread.join(timeout)
+
+    def force_reconnect(self, why: str) -> None:
+        """Drop the current connection (e.g. silent for too long); the feed thread reconnects."""
+        log.warning("feed: forcing a reconnect: %s", why)
+        self.stats.stale_reconnects += 1
+        self._close_socket()
+
+    def seconds_since_frame(self) -> float:
+        return time.monotonic() - self.last_frame
+
+    def _close_socket(self) -> None:
+        client = self._client
+        if client is not None:
+            try:
+                client.close()
+            except Exception:  # already closed or half-open: nothing left to release
+                log.debug("feed: close raised", exc_info=True)
+
+    def _on_frame(self, raw: str | bytes) -> None:
+        if self._stopping.is_set() or self._fatal is not None:
+            raise _StopListening
+        self.last_frame = time.monotonic()
+        self.decoder.feed(raw)
+        if self._fatal is not None:
+            raise _StopListening
+
+    def on_control(self, msg: dict) -> None:
+        """Control messages from the decoder: auth and subscription replies, errors."""
+        if msg.get("T") != "error":
+            log.debug("feed: %s", msg)
+            return
+        code = msg.get("code")
+        text = f"stream error {code}: {msg.get('msg', '')}"
+        self.stats.errors.append(text)
+        if code in FATAL_CODES:
+            self._fatal = f"{text} ({FATAL_CODES[code]})"
+        else:
+            log.warning("feed: %s", text)
+
+    def _subscribe(self, client: Any) -> None:
+        trades, quotes, bars = self.kinds
+        if trades:
+            client.subscribe_trades(self.symbols)
+        if quotes:
+            client.subscribe_quotes(self.symbols)
+        if bars:
+            client.subscribe_bars(self.symbols, "1Min")
+
+    def _run(self) -> None:
+        attempt = 0
+        try:
+            while not self._stopping.is_set():
+                try:
+                    self._client = open_client(self.url, self._key, self._secret)
+                    self.stats.connects += 1
+                    if self.stats.connects > 1:
+                        self.stats.reconnects += 1
+                        if self.on_reconnect is not None:
+                            self.on_reconnect()
+                    self._subscribe(self._client)
+                    frames_before = self.decoder.stats.frames
+                    self.last_frame = time.monotonic()
+                    self._client.listen(self._on_frame)
+                    if self.decoder.stats.frames - frames_before > 2:
+                        attempt = 0
+                except (OSError, websockets.exceptions.WebSocketException) as exc:
+                    # refused, reset, handshake or timeout: all worth a retry
+                    log.warning("feed: connect to %s failed: %s", self.url, exc)
+                if self._fatal is not None:
+                    self.error = FeedError(self._fatal)
+                    self.end_reason = "feed error"
+                    return
+                if self._stopping.is_set():
+                    self.end_reason = "stopped"
+                    return
+                socket = getattr(self._client, "socket", None)
+                if socket is not None and getattr(socket, "close_reason", "") == END_OF_REPLAY:
+                    self.end_reason = "end of data"
+                    return
+                self.stats.drops += 1
+                if self.stats.drops > self.max_reconnects:
+                    self.error = FeedError(f"gave up after {self.max_reconnects} reconnects")
+                    self.end_reason = "feed error"
+                    return
+                delay = min(self.backoff_cap, self.backoff_base * 2**attempt)
+                delay *= 0.5 + self._random.random() / 2
+                attempt += 1
+                log.warning(
+                    "feed: connection lost; reconnecting in %.2fs (attempt %d)", delay, attempt
+                )
+                self._stopping.wait(delay)
+        finally:
+            self._client = None if self._stopping.is_set() else self._client
+            self.ended.set()

@@ -1,0 +1,264 @@
+"""Recorded market data: one Parquet format for trades, quotes and bars.
+
+One row per event, sorted by ``ts`` (stable within equal timestamps, so the file order is
+the tape order). Columns mirror Alpaca's stream fields, so the replay server can turn a
+row into a wire message without lookups; fields that do not apply to a row's ``kind`` are
+null. ``ts`` is integer UTC nanoseconds, like Alpaca and ``tradeday.events``. Converters
+here turn the raw CSVs under ``/work/shared/data`` (see ``tradeday/recordings/README.md``)
+into this format; every naive local time goes through zoneinfo, so DST is handled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import date
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+NEW_YORK = "America/New_York"
+KINDS = ("t", "q", "b")
+RECORDINGS_DIR = Path(__file__).parent / "recordings"
+
+SCHEMA = pa.schema(
+    [
+        ("ts", pa.int64()),
+        ("symbol", pa.string()),
+        ("kind", pa.string()),
+        ("price", pa.float64()),
+        ("size", pa.int64()),
+        ("bid_price", pa.float64()),
+        ("bid_size", pa.int64()),
+        ("ask_price", pa.float64()),
+        ("ask_size", pa.int64()),
+        ("bid_exchange", pa.string()),
+        ("ask_exchange", pa.string()),
+        ("open", pa.float64()),
+        ("high", pa.float64()),
+        ("low", pa.float64()),
+        ("close", pa.float64()),
+        ("volume", pa.int64()),
+        ("trade_count", pa.int64()),
+        ("vwap", pa.float64()),
+        ("conditions", pa.list_(pa.string())),
+        ("exchange", pa.string()),
+        ("trade_id", pa.int64()),
+        ("tape", pa.string()),
+    ]
+)
+_NOT_NULL = ("ts", "symbol", "kind")
+
+
+def conform(data: pa.Table | pd.DataFrame) -> pa.Table:
+    """Cast ``data`` to ``SCHEMA`` (missing columns become null) and sort it stably by ts.
+
+    Raises ValueError on unknown columns, null keys or unknown kinds: a recording that
+    silently drops a column would replay different data than was recorded.
+    """
+    table = data if isinstance(data, pa.Table) else pa.Table.from_pandas(data, preserve_index=False)
+    unknown = set(table.column_names) - set(SCHEMA.names)
+    if unknown:
+        raise ValueError(f"unknown columns {sorted(unknown)}; expected a subset of {SCHEMA.names}")
+    columns = []
+    for field in SCHEMA:
+        if field.name in table.column_names:
+            columns.append(table[field.name].cast(field.type))
+        else:
+            columns.append(pa.nulls(len(table), field.type))
+    table = pa.Table.from_arrays(columns, schema=SCHEMA)
+    for name in _NOT_NULL:
+        if table[name].null_count:
+            raise ValueError(f"column {name!r} has nulls")
+    bad = pc.invert(pc.is_in(table["kind"], value_set=pa.array(KINDS)))
+    if pc.any(bad).as_py():
+        raise ValueError(f"kind must be one of {KINDS}")
+    return _sorted(table)
+
+
+def _sorted(table: pa.Table) -> pa.Table:
+    """Stable sort by ts, skipped when already sorted (the common case, and O(n) to check)."""
+    ts = table["ts"].to_numpy()
+    if len(ts) < 2 or bool(np.all(ts[1:] >= ts[:-1])):
+        return table
+    return table.take(pc.sort_indices(table, sort_keys=[("ts", "ascending")]))
+
+
+def write(data: pa.Table | pd.DataFrame, path: str | Path) -> Path:
+    """Write a recording: zstd, delta-encoded timestamps, row groups small enough to skip."""
+    table = conform(data)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(
+        table,
+        path,
+        compression="zstd",
+        compression_level=19,
+        use_dictionary=["symbol", "kind", "exchange", "bid_exchange", "ask_exchange", "tape"],
+        column_encoding={"ts": "DELTA_BINARY_PACKED", "trade_id": "DELTA_BINARY_PACKED"},
+        row_group_size=65_536,
+    )
+    return path
+
+
+def load(
+    path: str | Path,
+    symbols: Iterable[str] | None = None,
+    start_ns: int | None = None,
+    end_ns: int | None = None,
+    kinds: Iterable[str] | None = None,
+) -> pa.Table:
+    """Read a recording, keeping ``start_ns <= ts < end_ns`` and the given symbols/kinds."""
+    filters = []
+    if symbols is not None:
+        filters.append(("symbol", "in", list(symbols)))
+    if kinds is not None:
+        filters.append(("kind", "in", list(kinds)))
+    if start_ns is not None:
+        filters.append(("ts", ">=", int(start_ns)))
+    if end_ns is not None:
+        filters.append(("ts", "<", int(end_ns)))
+    table = pq.read_table(path, schema=SCHEMA, filters=filters or None)
+    return _sorted(table)
+
+
+def days(path: str | Path) -> list[date]:
+    """America/New_York calendar dates that have at least one event in the recording."""
+    return list(_days(str(Path(path).resolve()), Path(path).stat().st_mtime_ns))
+
+
+@lru_cache(maxsize=32)
+def _days(path: str, _mtime_ns: int) -> tuple[date, ...]:
+    ts = pq.read_table(path, columns=["ts"])["ts"].to_numpy()
+    if len(ts) == 0:
+        return ()
+    local = pd.to_datetime(np.unique(ts // 60_000_000_000) * 60, unit="s", utc=True)
+    return tuple(sorted(set(local.tz_convert(NEW_YORK).date)))
+
+
+def bundled_days() -> list[date]:
+    """Every America/New_York date covered by a recording shipped with tradeday."""
+    return sorted({d for p in _bundled_files() for d in days(p)})
+
+
+def bundled(day: date | None = None) -> Path:
+    """The shipped recording holding ``day``; without a day, the default (ES trades).
+
+    Raises LookupError listing the available days when no shipped recording has ``day``.
+    """
+    files = _bundled_files()
+    if day is None:
+        return RECORDINGS_DIR / "es-2013-09.parquet"
+    for path in files:
+        if day in days(path):
+            return path
+    have = ", ".join(d.isoformat() for d in bundled_days())
+    raise LookupError(f"no bundled recording for {day.isoformat()}; bundled days: {have}")
+
+
+def _bundled_files() -> list[Path]:
+    return sorted(RECORDINGS_DIR.glob("*.parquet"))
+
+
+def localize_ns(naive: pd.Series, tz: str) -> np.ndarray:
+    """UTC nanoseconds for naive local wall times in ``tz``, DST-correct.
+
+    Spring-forward gaps do not exist on a real clock, so they raise. A fall-back hour
+    happens twice: because recordings are in time order, a wall time earlier than one
+    already seen is the second pass (standard time) and the rest are the first (DST).
+    """
+    naive = pd.to_datetime(naive).astype("datetime64[ns]")
+    first_pass = ~(naive < naive.cummax()).to_numpy()
+    aware = naive.dt.tz_localize(tz, ambiguous=first_pass, nonexistent="raise")
+    return _utc_ns(aware)
+
+
+def _utc_ns(aware: pd.Series) -> np.ndarray:
+    return pd.DatetimeIndex(aware).as_unit("ns").asi8
+
+
+def from_es_ticks_csv(path: str | Path, symbol: str = "ES") -> pa.Table:
+    """Trades from the mlfinpy E-mini tick CSV (``DateTime`` US/Central naive ms, Price, Volume).
+
+    ``trade_id`` is the 1-based data row number, so every print keeps a stable identity.
+    """
+    df = pd.read_csv(path, dtype={"Price": "float64", "Volume": "int64"})
+    n = len(df)
+    return conform(
+        pa.table(
+            {
+                "ts": localize_ns(df["DateTime"], "America/Chicago"),
+                "symbol": pa.array([symbol] * n, pa.string()),
+                "kind": pa.array(["t"] * n, pa.string()),
+                "price": df["Price"].to_numpy(),
+                "size": df["Volume"].to_numpy(),
+                "exchange": pa.array(["CME"] * n, pa.string()),
+                "trade_id": np.arange(1, n + 1, dtype="int64"),
+            }
+        )
+    )
+
+
+def from_minute_bars_csv(path: str | Path, symbol: str) -> pa.Table:
+    """1-minute bars from a pyqstrat CSV (``timestamp`` America/New_York naive, o,h,l,c,v).
+
+    The file labels a bar at its end (09:31 .. 16:00); Alpaca labels bars at their start,
+    so ``ts`` is the label minus one minute.
+    """
+    df = pd.read_csv(path)
+    n = len(df)
+    return conform(
+        pa.table(
+            {
+                "ts": localize_ns(df["timestamp"], NEW_YORK) - 60_000_000_000,
+                "symbol": pa.array([symbol] * n, pa.string()),
+                "kind": pa.array(["b"] * n, pa.string()),
+                "open": df["o"].to_numpy("float64"),
+                "high": df["h"].to_numpy("float64"),
+                "low": df["l"].to_numpy("float64"),
+                "close": df["c"].to_numpy("float64"),
+                "volume": df["v"].to_numpy("int64"),
+            }
+        )
+    )
+
+
+def from_csv(path: str | Path, symbol: str | None = None, tz: str = "UTC") -> pa.Table:
+    """Trades from a generic CSV with columns ``ts`` or ``time``, ``symbol``, ``price``, ``size``.
+
+    ``ts``/``time`` may be integer epoch nanoseconds or timestamp text; text without an
+    offset is wall time in ``tz``. ``symbol`` fills (or overrides) the symbol column.
+    Optional columns ``exchange``, ``trade_id`` and ``tape`` are kept.
+    """
+    df = pd.read_csv(path)
+    time_col = "ts" if "ts" in df.columns else "time"
+    if time_col not in df.columns:
+        raise ValueError(f"{path}: needs a 'ts' or 'time' column, has {list(df.columns)}")
+    raw = df[time_col]
+    if pd.api.types.is_integer_dtype(raw):
+        ts = raw.to_numpy("int64")
+    else:
+        try:
+            parsed = pd.to_datetime(raw, format="ISO8601")
+        except ValueError:  # mixed UTC offsets: only a UTC parse can hold them
+            parsed = pd.to_datetime(raw, format="ISO8601", utc=True)
+        ts = localize_ns(parsed, tz) if parsed.dt.tz is None else _utc_ns(parsed)
+    n = len(df)
+    if symbol is None and "symbol" not in df.columns:
+        raise ValueError(f"{path}: no 'symbol' column; pass symbol=")
+    symbols = [symbol] * n if symbol is not None else df["symbol"].astype(str).tolist()
+    columns: dict[str, object] = {
+        "ts": ts,
+        "symbol": pa.array(symbols, pa.string()),
+        "kind": pa.array(["t"] * n, pa.string()),
+        "price": df["price"].to_numpy("float64"),
+        "size": df["size"].to_numpy("int64"),
+    }
+    for name in ("exchange", "trade_id", "tape"):
+        if name in df.columns:
+            columns[name] = pa.array(df[name].tolist(), SCHEMA.field(name).type)
+    return conform(pa.table(columns))
