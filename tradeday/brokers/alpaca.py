@@ -248,7 +248,7 @@ class AlpacaPaperBroker(Broker):
     start with :class:`AlpacaAuthError`, not as a stream of rejected orders later.
     """
 
-    name = "alpaca-paper"
+    name = "alpaca"  # the config's broker.kind: recovery matches ledger runs by it
 
     def __init__(
         self,
