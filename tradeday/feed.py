@@ -116,6 +116,7 @@ class StreamFeed:
         backoff_cap: float = 30.0,
         max_reconnects: int = 1_000,
         on_reconnect: Callable[[], None] | None = None,
+        on_resume: Callable[[], bool] | None = None,
         seed: int | None = None,
     ) -> None:
         self.url = url
@@ -128,6 +129,8 @@ class StreamFeed:
         self.backoff_cap = backoff_cap
         self.max_reconnects = max_reconnects
         self.on_reconnect = on_reconnect
+        self.on_resume = on_resume
+        self._resuming = False
         self.stats = FeedStats()
         self.ended = threading.Event()
         self.end_reason = ""
@@ -173,6 +176,8 @@ class StreamFeed:
             raise _StopListening
         self.last_frame = time.monotonic()
         self.decoder.feed(raw)
+        if self._resuming and self.on_resume is not None:
+            self._resuming = not self.on_resume()
         if self._fatal is not None:
             raise _StopListening
 
@@ -207,6 +212,7 @@ class StreamFeed:
                     self.stats.connects += 1
                     if self.stats.connects > 1:
                         self.stats.reconnects += 1
+                        self._resuming = True
                         if self.on_reconnect is not None:
                             self.on_reconnect()
                     self._subscribe(self._client)

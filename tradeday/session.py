@@ -175,6 +175,20 @@ class TradingSession:
     def _on_reconnect(self) -> None:
         self._gap_from = self.engine.clock
 
+    def _on_resume(self) -> bool:
+        """First data after a reconnect: the tick time between is a gap; True once noted."""
+        if self._gap_from is None:
+            return True
+        if self.engine.clock <= self._gap_from:
+            return False
+        self.gaps.append((self._gap_from, self.engine.clock))
+        self.log.warning(
+            "feed gap: no data from %s to %s after a reconnect",
+            ns_to_datetime(self._gap_from).isoformat(), ns_to_datetime(self.engine.clock).isoformat(),
+        )
+        self._gap_from = None
+        return True
+
     def _stream_url(self) -> tuple[str, str, str]:
         feed = self.config.feed
         if self.replay:
@@ -236,6 +250,7 @@ class TradingSession:
             bars=_overrides(self.model, "on_bar"),
             backoff_base=0.05 if self.replay else 0.5,
             on_reconnect=self._on_reconnect,
+            on_resume=self._on_resume,
         )
         self.feed.start()
         self.log.info(
@@ -272,18 +287,12 @@ class TradingSession:
             if now - last_beat >= cfg.heartbeat_seconds:
                 self.log.info("heartbeat: %s", self._heartbeat())
                 last_beat = now
-        self._note_gap()
 
     def _market_hours(self) -> bool:
         if self.replay:
             return True
         now = time.time_ns()
         return self.window.open_ns <= now < self.window.close_ns
-
-    def _note_gap(self) -> None:
-        if self._gap_from is not None and self.engine.clock > self._gap_from:
-            self.gaps.append((self._gap_from, self.engine.clock))
-            self._gap_from = None
 
     def counters(self) -> dict[str, Any]:
         d = self.decoder.stats
@@ -305,6 +314,7 @@ class TradingSession:
             "drops": f.drops if f else 0,
             "stale_reconnects": f.stale_reconnects if f else 0,
             "gaps": len(self.gaps),
+            "gap_seconds": round(sum(b - a for a, b in self.gaps) / NS_PER_S, 6),
             "orders": e.orders,
             "fills": e.fills,
             "rejections": e.rejections,
@@ -322,7 +332,6 @@ class TradingSession:
 
     def flush(self, *, positions: bool = False) -> None:
         """Write what the engine buffered; runs on the main thread, never per tick."""
-        self._note_gap()
         batch = self.engine.take_batch(positions=positions)
         batch.run_update = {"heartbeat_ns": time.time_ns(), "counters": self.counters()}
         self.ledger.write(batch, self.run_id)
