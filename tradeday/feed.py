@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -164,12 +165,20 @@ class StreamFeed:
         return time.monotonic() - self.last_frame
 
     def _close_socket(self) -> None:
+        """Abort the TCP connection, then close: a polite close handshake can wait seconds
+        behind unread data, and a stop or a stale stream needs no handshake."""
         client = self._client
-        if client is not None:
-            try:
-                client.close()
-            except Exception:  # already closed or half-open: nothing left to release
-                log.debug("feed: close raised", exc_info=True)
+        if client is None:
+            return
+        connection = client.socket
+        try:
+            connection.socket.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            log.debug("feed: socket already closed")
+        try:
+            connection.close()
+        except Exception:  # already closed or half-open: nothing left to release
+            log.debug("feed: close raised", exc_info=True)
 
     def _on_frame(self, raw: str | bytes) -> None:
         if self._stopping.is_set() or self._fatal is not None:
@@ -215,7 +224,12 @@ class StreamFeed:
                         self._resuming = True
                         if self.on_reconnect is not None:
                             self.on_reconnect()
-                    self._subscribe(self._client)
+                    try:
+                        self._subscribe(self._client)
+                    except websockets.exceptions.ConnectionClosed:
+                        # dropped mid-subscribe: frames already received are still
+                        # buffered, and listen() below drains them before it returns
+                        log.warning("feed: connection closed while subscribing")
                     frames_before = self.decoder.stats.frames
                     self.last_frame = time.monotonic()
                     self._client.listen(self._on_frame)
@@ -231,8 +245,8 @@ class StreamFeed:
                 if self._stopping.is_set():
                     self.end_reason = "stopped"
                     return
-                socket = getattr(self._client, "socket", None)
-                if socket is not None and getattr(socket, "close_reason", "") == END_OF_REPLAY:
+                connection = getattr(self._client, "socket", None)
+                if getattr(connection, "close_reason", "") == END_OF_REPLAY:
                     self.end_reason = "end of data"
                     return
                 self.stats.drops += 1

@@ -9,8 +9,10 @@ per connection. It advances only while at least one client is subscribed to some
 and a slow client slows it down (each send is awaited: websocket backpressure), so with
 ``speed=None`` it plays as fast as the slowest subscribed client reads. ``speed=N`` plays
 at N times tick time. A client that drops and reconnects resumes where the tape stands;
-only messages already handed to the dropped connection (at most one frame in flight plus
-whatever sat in socket buffers) are lost, as with a live feed.
+only messages already handed to the dropped connection (its unsent partial frame and what
+sat in socket buffers) are lost, as with a live feed. Unlike Alpaca (407 slow client),
+the server sends no keepalive pings and never cuts a slow reader: backpressure throttles
+the tape instead, which is what a replay wants.
 
 End of data is tradeday's only extension to the protocol: after the last event the server
 closes each subscribed connection with code 1000 and reason ``"end of replay"``, so a
@@ -23,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import logging
 import signal
 import sys
 import threading
@@ -41,6 +44,8 @@ from websockets.exceptions import ConnectionClosed
 
 from tradeday import recording
 from tradeday.replay.wire import NS_PER_S, Block, Format, frame, join, timestamp
+
+log = logging.getLogger(__name__)
 
 END_OF_REPLAY = "end of replay"
 """Close reason (with code 1000) marking the end of the recording: tradeday's extension."""
@@ -173,9 +178,17 @@ class _Client:
 class ReplayServer:
     """Serve a recording over the Alpaca v2 stream protocol from a background thread.
 
-    ``data`` is a recording path or a table in ``tradeday.recording.SCHEMA``. Use as a
-    context manager, or ``start()``/``stop()``; ``url`` is where clients connect (any
-    path is accepted). See the module docstring for how the shared tape behaves.
+    ``data`` is a recording path or a table in ``tradeday.recording.SCHEMA``, cut to
+    ``start_ns <= ts < end_ns``. ``speed`` None plays as fast as clients read, N plays at
+    N x tick time. ``batch`` data messages go in one frame. ``key``/``secret`` are what
+    clients must authenticate with; ``max_connections`` authenticated connections at once
+    (406 beyond); ``symbol_limit`` distinct symbols per connection (405 beyond);
+    ``auth_timeout`` seconds to authenticate (404). ``faults`` injects failures. Only
+    loopback hosts unless ``allow_remote``.
+
+    Use as a context manager, or ``start()``/``stop()`` (a server runs once); ``url`` is
+    where clients connect (any path is accepted); ``stats`` are live counters. See the
+    module docstring for how the shared tape behaves.
     """
 
     def __init__(
@@ -291,7 +304,7 @@ class ReplayServer:
             self._handle, self.host, self._port, compression=None, ping_interval=None
         ) as server:
             self._port = next(iter(server.sockets)).getsockname()[1]
-            tape = asyncio.create_task(self._run_tape())
+            tape = asyncio.create_task(self._guarded_tape())
             self._ready.set()
             await self._stopping.wait()
             tape.cancel()
@@ -422,6 +435,18 @@ class ReplayServer:
             self._authenticated -= 1
 
     # -- the tape ------------------------------------------------------------------------
+
+    async def _guarded_tape(self) -> None:
+        """On a bug in the tape, tell clients (500) and shut down rather than go mute."""
+        try:
+            await self._run_tape()
+        except Exception:
+            log.exception("replay tape failed; stopping the replay server")
+            for client in tuple(self._clients):
+                with contextlib.suppress(ConnectionClosed):
+                    await self._error(client, 500)
+            assert self._stopping is not None
+            self._stopping.set()
 
     async def _run_tape(self) -> None:
         """Walk the recording once, in ranges of events that are due, for all subscribers."""
