@@ -127,7 +127,7 @@ def test_record_a_day_through_cpquant_rest(alpaca_data, tmp_path, monkeypatch, c
                 "--date",
                 "2013-09-03",
                 "--symbols",
-                "SPY",
+                "SPY,QQQ",
                 "--out",
                 str(out),
                 "--data-url",
@@ -154,12 +154,16 @@ def test_record_a_day_through_cpquant_rest(alpaca_data, tmp_path, monkeypatch, c
         100,
         1.25,
     )
-    assert (
-        AlpacaDataHandler.requests.count("/v2/stocks/trades") == 5
-    )  # 5,000 trades in pages of 1,000
+    # SPY: 5,000 trades in pages of 1,000; QQQ: one empty page
+    assert AlpacaDataHandler.requests.count("/v2/stocks/trades") == 6
     assert recording.days(out) == [date(2013, 9, 3)]
     printed = capsys.readouterr().out
-    assert "SPY trades: 5,000" in printed and "QQQ trades: 0" in printed and KEY not in printed and SECRET not in printed
+    assert (
+        "SPY trades: 5,000" in printed
+        and "QQQ trades: 0" in printed
+        and KEY not in printed
+        and SECRET not in printed
+    )
     assert ns_to_datetime(trades[0]["ts"]).hour == 13
 
 

@@ -7,7 +7,7 @@ import json
 import os
 import signal
 import sys
-from datetime import date
+from datetime import date, datetime, time
 from pathlib import Path
 
 DEMO_DATE = date(2013, 9, 3)
@@ -112,9 +112,39 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_replay_server(args: argparse.Namespace) -> int:
+    from tradeday.calendar import EXCHANGE_TZ
+    from tradeday.events import datetime_to_ns
     from tradeday.replay.server import serve_forever
 
-    serve_forever(args.data, port=args.port, speed=args.speed)
+    start_ns = None
+    if args.start:
+        if not args.date:
+            sys.exit("tradeday: --start needs --date (the recording's day, America/New_York)")
+        local = datetime.combine(date.fromisoformat(args.date), time.fromisoformat(args.start))
+        start_ns = datetime_to_ns(local.replace(tzinfo=EXCHANGE_TZ))
+    serve_forever(args.data, port=args.port, speed=args.speed, start_ns=start_ns)
+    return 0
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    from tradeday.calendar import MarketClosed
+    from tradeday.record import record_day
+
+    key_id, secret = os.environ.get("APCA_API_KEY_ID"), os.environ.get("APCA_API_SECRET_KEY")
+    if not key_id or not secret:
+        sys.exit("tradeday: recording needs Alpaca keys: set APCA_API_KEY_ID and APCA_API_SECRET_KEY")
+    day = date.fromisoformat(args.date)
+    out = args.out or f"data/recordings/{day.isoformat()}.parquet"
+    try:
+        path, counts = record_day(
+            day, args.symbols.split(","), out, key_id=key_id, secret_key=secret,
+            feed=args.feed, base_url=args.data_url,
+        )
+    except MarketClosed as closed:
+        sys.exit(f"tradeday: {closed}")
+    for what, n in counts.items():
+        print(f"{what}: {n:,}")
+    print(f"wrote {path}")
     return 0
 
 
@@ -145,7 +175,17 @@ def main(argv: list[str] | None = None) -> int:
     rs.add_argument(
         "--speed", type=float, default=None, help="× real time; default: as fast as read"
     )
+    rs.add_argument("--date", help="with --start: the day to start on (YYYY-MM-DD)")
+    rs.add_argument("--start", help="start at this time of day, America/New_York (HH:MM)")
     rs.set_defaults(func=cmd_replay_server)
+
+    rec = sub.add_parser("record", help="record a day of trades and minute bars from Alpaca")
+    rec.add_argument("--date", required=True, help="session date YYYY-MM-DD")
+    rec.add_argument("--symbols", required=True, help="comma-separated symbols")
+    rec.add_argument("--feed", choices=["iex", "sip"], default="iex")
+    rec.add_argument("--out", help="Parquet file (default data/recordings/DATE.parquet)")
+    rec.add_argument("--data-url", dest="data_url", help="an Alpaca-compatible data API URL")
+    rec.set_defaults(func=cmd_record)
 
     args = parser.parse_args(argv)
     return args.func(args)
