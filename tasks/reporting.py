@@ -9,7 +9,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from tradeday.ledger import Ledger
-from tradeday.report import write_report
+from tradeday.report import summary_markdown_for, write_report
 from tradeday.session import SessionResult
 
 
@@ -38,13 +38,15 @@ def summary_markdown(result: SessionResult, report_path: str) -> str:
         ("Realized P&L", f"{result.realized:,.2f}"),
         ("Fees", f"{result.fees:,.2f}"),
         ("Net P&L", f"{result.net:,.2f}"),
-        ("Report", f"`{Path(report_path).resolve()}`"),
+        ("Report", f"[{Path(report_path).resolve()}](file://{Path(report_path).resolve()})"),
     ]
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     return (
         f"# Session {result.session_date} · {result.model}\n\n| | |\n|---|---|\n{table}\n\n"
         f'Query it: `duckdb {Path(report_path).resolve()} "SELECT * FROM pnl WHERE session_id = '
-        f"'{result.run_id}'\"`\n"
+        f"'{result.run_id}'\"`\n\n"
+        f"## Every session on {result.session_date}\n\n"
+        + summary_markdown_for(report_path, [result.session_date])
     )
 
 

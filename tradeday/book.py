@@ -73,7 +73,9 @@ class Book:
 
     def apply_fill(self, symbol: str, signed_qty: int, price: float, fee: float = 0.0) -> float:
         self.cash -= signed_qty * price + fee
-        self.marks[symbol] = price
+        # the market's last price stays the mark (a fill may be at an older bar open, or at
+        # the bid/ask with slippage); the fill price marks only a symbol with no price yet
+        self.marks.setdefault(symbol, price)
         return self.position(symbol).apply(signed_qty, price, fee)
 
     @property

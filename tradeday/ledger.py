@@ -124,6 +124,17 @@ class PositionRow(Base):
     ts: Mapped[int] = mapped_column(BigInteger)
 
 
+class MarkRow(Base):
+    """A symbol's last price at the end of a tick-time minute: the report's equity curve marks."""
+
+    __tablename__ = "marks"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.run_id"), primary_key=True)
+    symbol: Mapped[str] = mapped_column(String(32), primary_key=True)
+    ts: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # the minute's start
+    price: Mapped[float] = mapped_column(Float)
+
+
 @dataclass
 class Batch:
     """Rows buffered by the engine between flushes."""
@@ -133,6 +144,7 @@ class Batch:
     fills: list[dict[str, Any]] = field(default_factory=list)
     risk_events: list[dict[str, Any]] = field(default_factory=list)
     positions: list[dict[str, Any]] = field(default_factory=list)
+    marks: list[dict[str, Any]] = field(default_factory=list)
     run_update: dict[str, Any] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
@@ -142,6 +154,7 @@ class Batch:
             or self.fills
             or self.risk_events
             or self.positions
+            or self.marks
             or self.run_update
         )
 
@@ -187,6 +200,8 @@ class Ledger:
                 s.execute(insert(RiskEventRow), batch.risk_events)
             for row in batch.positions:
                 s.merge(PositionRow(**row))
+            if batch.marks:
+                s.execute(insert(MarkRow), batch.marks)
             if batch.run_update:
                 s.execute(update(RunRow).where(RunRow.run_id == run_id).values(**batch.run_update))
 

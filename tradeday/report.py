@@ -1,32 +1,49 @@
 """The end-of-day report: a DuckDB file users query with SQL.
 
-Built from the ledger (read through SQLAlchemy), written in one DuckDB transaction that
-first deletes the session's previous rows, so re-running a day's report replaces it and
-an interrupted write leaves the previous state. The file is opened only while writing:
-DuckDB allows one writer process at a time, and users query it between sessions.
-Schema: docs/reports.md.
+Built from the ledger (read through SQLAlchemy) and written in one DuckDB transaction
+that migrates the file if it is older, deletes the session's previous rows and inserts
+the new ones: re-running a day's report replaces it, and a write that fails or is killed
+midway leaves the previous state. The file is opened only while writing or reading,
+because DuckDB allows one writer process at a time (or many readers), so users query it
+between sessions. Schema, definitions and ready-to-run SQL: docs/reports.md.
 """
 
 from __future__ import annotations
 
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
-from typing import Any
+from time import monotonic, sleep
 
 import duckdb
+import numpy as np
 import pandas as pd
+from sqlalchemy import Connection, select
 
-from tradeday.book import Book
-from tradeday.ledger import Ledger
+from tradeday.book import Position
+from tradeday.events import NS_PER_S
+from tradeday.ledger import FillRow, Ledger, MarkRow, OrderRow, PositionRow, RiskEventRow, RunRow
 
-REPORT_SCHEMA_VERSION = 1
+REPORT_SCHEMA_VERSION = 2
+MINUTE_NS = 60 * NS_PER_S
+# Sharpe of 1-minute P&L changes, annualised over 252 sessions of 390 minutes.
+ANNUALIZATION = math.sqrt(252 * 390)
+LOCK_WAIT_S = 60.0  # how long to wait for another process to release the file
+LOCK_RETRY_S = 0.2
 
+# Version 2 of the schema. New columns go at the end of a table, so a migrated file and
+# a new one have the same columns in the same order.
 DDL = """
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
 CREATE TABLE IF NOT EXISTS sessions (
     session_id VARCHAR PRIMARY KEY, session_date DATE, deployment VARCHAR, flow_run_id VARCHAR,
     model VARCHAR, params JSON, symbols VARCHAR[], feed VARCHAR, broker VARCHAR, status VARCHAR,
     message VARCHAR, started_at TIMESTAMPTZ, ended_at TIMESTAMPTZ, ticks BIGINT, skipped BIGINT,
-    reconnects BIGINT, orders BIGINT, fills BIGINT, risk_rejections BIGINT
+    reconnects BIGINT, orders BIGINT, fills BIGINT, risk_rejections BIGINT,
+    max_drawdown DOUBLE, sharpe DOUBLE
 );
 CREATE TABLE IF NOT EXISTS orders (
     session_id VARCHAR, session_date DATE, model VARCHAR, client_order_id VARCHAR, symbol VARCHAR,
@@ -44,22 +61,213 @@ CREATE TABLE IF NOT EXISTS risk_events (
 CREATE TABLE IF NOT EXISTS pnl (
     session_id VARCHAR, session_date DATE, model VARCHAR, symbol VARCHAR, realized DOUBLE,
     unrealized DOUBLE, fees DOUBLE, net DOUBLE, trades BIGINT, turnover DOUBLE, win_rate DOUBLE,
-    end_position BIGINT
+    end_position BIGINT, wins BIGINT, closes BIGINT
+);
+CREATE TABLE IF NOT EXISTS positions_eod (
+    session_id VARCHAR, session_date DATE, model VARCHAR, symbol VARCHAR, qty BIGINT,
+    avg_price DOUBLE, mark DOUBLE, market_value DOUBLE, realized DOUBLE, unrealized DOUBLE,
+    fees DOUBLE, as_of TIMESTAMPTZ
+);
+CREATE TABLE IF NOT EXISTS equity (
+    session_id VARCHAR, session_date DATE, model VARCHAR, symbol VARCHAR, minute TIMESTAMPTZ,
+    position BIGINT, mark DOUBLE, realized DOUBLE, unrealized DOUBLE, fees DOUBLE, equity DOUBLE
 );
 """
-TABLES = ("sessions", "orders", "fills", "risk_events", "pnl")
+
+# Statements that bring a file from the previous version to this key's version.
+MIGRATIONS: dict[int, str] = {
+    2: """
+ALTER TABLE sessions ADD COLUMN max_drawdown DOUBLE;
+ALTER TABLE sessions ADD COLUMN sharpe DOUBLE;
+ALTER TABLE pnl ADD COLUMN wins BIGINT;
+ALTER TABLE pnl ADD COLUMN closes BIGINT;
+""",
+}
+
+# Recreated by every write, so a changed view reaches a file with its next write.
+VIEWS = """
+CREATE OR REPLACE VIEW session_equity AS
+SELECT session_id, session_date, model, minute,
+       sum(position * mark) AS market_value, sum(realized) AS realized,
+       sum(unrealized) AS unrealized, sum(fees) AS fees, sum(equity) AS equity
+FROM equity
+GROUP BY session_id, session_date, model, minute;
+
+CREATE OR REPLACE VIEW daily_summary AS
+SELECT s.session_date, s.model, s.deployment, s.session_id, s.status, s.symbols,
+       s.ticks, s.orders, s.fills, s.risk_rejections,
+       coalesce(sum(p.trades), 0)::BIGINT AS trades, coalesce(sum(p.turnover), 0) AS turnover,
+       coalesce(sum(p.realized), 0) AS realized, coalesce(sum(p.unrealized), 0) AS unrealized,
+       coalesce(sum(p.fees), 0) AS fees, coalesce(sum(p.net), 0) AS net,
+       sum(p.wins) / nullif(sum(p.closes), 0) AS win_rate,
+       s.max_drawdown, s.sharpe
+FROM sessions s LEFT JOIN pnl p USING (session_id)
+GROUP BY ALL
+ORDER BY s.session_date, s.model, s.deployment;
+"""
+
+# Every table holding a session's rows, in the order they are written.
+TABLES = ("sessions", "orders", "fills", "risk_events", "pnl", "positions_eod", "equity")
+
+
+class ReportError(RuntimeError):
+    """The report file cannot be used (missing, or written by a newer tradeday)."""
+
+
+# -- P&L ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Curve:
+    """One symbol's state at the end of every minute, and its final position."""
+
+    rows: list[tuple]  # (symbol, minute_ns, position, mark, realized, unrealized, fees, equity)
+    final: Position
+    last_mark: float | None
+
+
+def replay_fills(
+    symbol: str,
+    fills: list[tuple[int, int, float, float]],
+    marks: dict[int, float],
+    grid: np.ndarray,
+) -> Curve:
+    """Apply ``fills`` (minute_ns, signed qty, price, fee; in fill order) minute by minute.
+
+    The mark of a minute is the ledger's mark for it, else the last fill price in it, else
+    the previous minute's: a ledger without marks (written before they existed) still
+    gets a curve marked at its fills.
+    """
+    last_fill: dict[int, float] = {f[0]: f[2] for f in fills}
+    pos = Position()
+    mark: float | None = None
+    rows: list[tuple] = []
+    i = 0
+    for minute in grid.tolist():
+        while i < len(fills) and fills[i][0] <= minute:
+            _, qty, price, fee = fills[i]
+            pos.apply(qty, price, fee)
+            i += 1
+        mark = marks.get(minute, last_fill.get(minute, mark))
+        unrealized = pos.unrealized(mark) if mark is not None else 0.0
+        equity = pos.realized + unrealized - pos.fees
+        rows.append((symbol, minute, pos.qty, mark, pos.realized, unrealized, pos.fees, equity))
+    return Curve(rows, pos, mark)
+
+
+def drawdown_and_sharpe(equity: Iterable[float]) -> tuple[float | None, float | None]:
+    """Max drawdown and annualised Sharpe of a session's per-minute equity (net P&L).
+
+    The curve starts at 0 before the first minute. Drawdown is the largest fall from the
+    running peak (currency, >= 0). Sharpe is mean / sample std of the 1-minute changes
+    times sqrt(252 * 390): the Sharpe of 1-minute returns on any fixed capital, which
+    cancels out; None when there are fewer than two changes or they never vary.
+    """
+    curve = np.concatenate(([0.0], np.asarray(list(equity), dtype=float)))
+    if len(curve) == 1:
+        return None, None
+    drawdown = float(np.max(np.maximum.accumulate(curve) - curve))
+    changes = np.diff(curve)
+    std = float(changes.std(ddof=1)) if len(changes) > 1 else 0.0
+    sharpe = float(changes.mean()) / std * ANNUALIZATION if std > 0 else None
+    return drawdown, sharpe
+
+
+# -- reading the ledger ---------------------------------------------------------------------
+
+
+def _query(conn: Connection, stmt) -> pd.DataFrame:
+    """A query's rows as a frame; plain tuples keep pandas on its fast path for 10^5 rows."""
+    result = conn.execute(stmt)
+    return pd.DataFrame.from_records([tuple(r) for r in result], columns=list(result.keys()))
 
 
 def _ts(ns: pd.Series) -> pd.Series:
-    return pd.to_datetime(ns, unit="ns", utc=True)
+    return pd.to_datetime(ns.astype("int64"), unit="ns", utc=True)
 
 
 def build_frames(ledger: Ledger, run_id: str) -> dict[str, pd.DataFrame]:
-    """The report's rows for one session, from the ledger."""
-    run = ledger.run(run_id)
-    if run is None:
-        raise KeyError(f"no run {run_id!r} in the ledger {ledger.url}")
-    day = pd.Timestamp(run.session_date).date()
+    """The report's rows for one session, read from the ledger in one transaction."""
+    with ledger.engine.connect() as conn, conn.begin():
+        run = conn.execute(select(RunRow.__table__).where(RunRow.run_id == run_id)).first()
+        if run is None:
+            raise KeyError(f"no run {run_id!r} in the ledger {ledger.url}")
+        o, f = OrderRow, FillRow
+        orders = _query(
+            conn,
+            select(
+                o.client_order_id,
+                o.symbol,
+                o.side,
+                o.qty,
+                o.limit_price,
+                o.ts,
+                o.status,
+                o.filled_qty,
+                o.avg_fill_price,
+                o.reason,
+                o.purpose,
+            )
+            .where(o.run_id == run_id)
+            .order_by(o.ts, o.client_order_id),
+        )
+        fills = _query(
+            conn,
+            select(f.client_order_id, f.symbol, f.side, f.qty, f.price, f.fee, f.ts)
+            .where(f.run_id == run_id)
+            .order_by(f.id),
+        )
+        risk = _query(
+            conn,
+            select(RiskEventRow.__table__)
+            .where(RiskEventRow.run_id == run_id)
+            .order_by(RiskEventRow.id),
+        )
+        positions = _query(conn, select(PositionRow.__table__).where(PositionRow.run_id == run_id))
+        marks = _query(conn, select(MarkRow.__table__).where(MarkRow.run_id == run_id))
+
+    day = date.fromisoformat(run.session_date)
+    keys = {"session_id": run.run_id, "session_date": day, "model": run.model}
+
+    def keyed(frame: pd.DataFrame, columns: list[str], **renames: str) -> pd.DataFrame:
+        frame = frame.rename(columns=renames)
+        for name, value in keys.items():
+            frame[name] = value
+        return frame[list(keys) + columns]
+
+    orders = keyed(
+        orders,
+        [
+            "client_order_id",
+            "symbol",
+            "side",
+            "qty",
+            "limit_price",
+            "submitted_at",
+            "status",
+            "filled_qty",
+            "avg_fill_price",
+            "reason",
+            "purpose",
+        ],
+        ts="submitted_at",
+    )
+    orders["submitted_at"] = _ts(orders["submitted_at"])
+    risk = keyed(risk, ["event_at", "symbol", "side", "qty", "reason"], ts="event_at")
+    risk["event_at"] = _ts(risk["event_at"])
+
+    pnl, equity, eod = _pnl_equity_positions(fills, marks, positions)
+    fills = keyed(
+        fills,
+        ["client_order_id", "symbol", "side", "qty", "price", "fee", "filled_at"],
+        ts="filled_at",
+    )
+    fills["filled_at"] = _ts(fills["filled_at"])
+    pnl = keyed(pnl, list(pnl.columns))
+    equity = keyed(equity, list(equity.columns))
+    eod = keyed(eod, list(eod.columns))
+
+    drawdown, sharpe = drawdown_and_sharpe(equity.groupby("minute", sort=True)["equity"].sum())
     counters = run.counters or {}
     sessions = pd.DataFrame(
         [
@@ -69,7 +277,7 @@ def build_frames(ledger: Ledger, run_id: str) -> dict[str, pd.DataFrame]:
                 "deployment": run.deployment,
                 "flow_run_id": run.flow_run_id,
                 "model": run.model,
-                "params": _json(run.params),
+                "params": json.dumps(run.params, sort_keys=True),
                 "symbols": list(run.symbols),
                 "feed": run.feed,
                 "broker": run.broker,
@@ -85,130 +293,85 @@ def build_frames(ledger: Ledger, run_id: str) -> dict[str, pd.DataFrame]:
                 "orders": counters.get("orders", 0),
                 "fills": counters.get("fills", 0),
                 "risk_rejections": counters.get("risk_rejections", 0),
+                "max_drawdown": drawdown,
+                "sharpe": sharpe,
             }
         ]
     )
-    orders = pd.DataFrame(
-        [
-            {
-                "session_id": o.run_id,
-                "session_date": day,
-                "model": o.model,
-                "client_order_id": o.client_order_id,
-                "symbol": o.symbol,
-                "side": o.side,
-                "qty": o.qty,
-                "limit_price": o.limit_price,
-                "submitted_at": o.ts,
-                "status": o.status,
-                "filled_qty": o.filled_qty,
-                "avg_fill_price": o.avg_fill_price,
-                "reason": o.reason,
-                "purpose": o.purpose,
-            }
-            for o in ledger.orders(run_id)
-        ],
-        columns=[
-            "session_id",
-            "session_date",
-            "model",
-            "client_order_id",
-            "symbol",
-            "side",
-            "qty",
-            "limit_price",
-            "submitted_at",
-            "status",
-            "filled_qty",
-            "avg_fill_price",
-            "reason",
-            "purpose",
-        ],
+    return {
+        "sessions": sessions,
+        "orders": orders,
+        "fills": fills,
+        "risk_events": risk,
+        "pnl": pnl,
+        "positions_eod": eod,
+        "equity": equity,
+    }
+
+
+def _pnl_equity_positions(
+    fills: pd.DataFrame, marks: pd.DataFrame, positions: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Per-symbol P&L, the per-minute equity curve and end-of-day positions, from the fills.
+
+    P&L and the curve replay the fills through :class:`Position` (average cost), so they
+    agree with the engine's book; open positions are valued at the ledger's end-of-day
+    mark (the session's last price).
+    """
+    eod_marks = dict(zip(positions["symbol"], positions["mark"], strict=True))
+    fill_minutes = (fills["ts"] - fills["ts"] % MINUTE_NS).astype("int64")
+    signed = fills["qty"].where(fills["side"] == "buy", -fills["qty"]).astype("int64")
+    minutes = np.union1d(fill_minutes.to_numpy(), marks["ts"].to_numpy(dtype="int64"))
+    grid = (
+        np.arange(minutes[0], minutes[-1] + MINUTE_NS, MINUTE_NS, dtype="int64")
+        if len(minutes)
+        else minutes
     )
-    orders["submitted_at"] = _ts(orders["submitted_at"])
-    fill_rows = ledger.fills(run_id)
-    fills = pd.DataFrame(
-        [
+    by_symbol: dict[str, list[tuple[int, int, float, float]]] = {}
+    for symbol, *fill in zip(
+        fills["symbol"].tolist(),
+        fill_minutes.tolist(),
+        signed.tolist(),
+        fills["price"].tolist(),
+        fills["fee"].tolist(),
+        strict=True,
+    ):
+        by_symbol.setdefault(symbol, []).append(tuple(fill))
+    marks_by_symbol: dict[str, dict[int, float]] = {}
+    for symbol, ts, price in zip(
+        marks["symbol"].tolist(), marks["ts"].tolist(), marks["price"].tolist(), strict=True
+    ):
+        marks_by_symbol.setdefault(symbol, {})[ts] = price
+
+    pnl_rows, equity_rows = [], []
+    for symbol in sorted(set(by_symbol) | set(marks_by_symbol)):
+        curve = replay_fills(
+            symbol, by_symbol.get(symbol, []), marks_by_symbol.get(symbol, {}), grid
+        )
+        equity_rows.extend(curve.rows)
+        if symbol not in by_symbol:
+            continue
+        p = curve.final
+        mark = eod_marks.get(symbol, curve.last_mark)
+        unrealized = p.unrealized(mark if mark is not None else p.avg_price)
+        pnl_rows.append(
             {
-                "session_id": f.run_id,
-                "session_date": day,
-                "model": f.model,
-                "client_order_id": f.client_order_id,
-                "symbol": f.symbol,
-                "side": f.side,
-                "qty": f.qty,
-                "price": f.price,
-                "fee": f.fee,
-                "filled_at": f.ts,
-            }
-            for f in fill_rows
-        ],
-        columns=[
-            "session_id",
-            "session_date",
-            "model",
-            "client_order_id",
-            "symbol",
-            "side",
-            "qty",
-            "price",
-            "fee",
-            "filled_at",
-        ],
-    )
-    fills["filled_at"] = _ts(fills["filled_at"])
-    risk = pd.DataFrame(
-        [
-            {
-                "session_id": r.run_id,
-                "session_date": day,
-                "model": r.model,
-                "event_at": r.ts,
-                "symbol": r.symbol,
-                "side": r.side,
-                "qty": r.qty,
-                "reason": r.reason,
-            }
-            for r in ledger.risk_events(run_id)
-        ],
-        columns=[
-            "session_id",
-            "session_date",
-            "model",
-            "event_at",
-            "symbol",
-            "side",
-            "qty",
-            "reason",
-        ],
-    )
-    risk["event_at"] = _ts(risk["event_at"])
-    book = Book()
-    for f in fill_rows:
-        book.apply_fill(f.symbol, f.qty if f.side == "buy" else -f.qty, f.price, f.fee)
-    marks = {p.symbol: p.mark for p in ledger.positions(run_id)}
-    pnl = pd.DataFrame(
-        [
-            {
-                "session_id": run_id,
-                "session_date": day,
-                "model": run.model,
                 "symbol": symbol,
                 "realized": p.realized,
-                "unrealized": p.unrealized(marks.get(symbol, p.avg_price)),
+                "unrealized": unrealized,
                 "fees": p.fees,
-                "net": p.realized + p.unrealized(marks.get(symbol, p.avg_price)) - p.fees,
+                "net": p.realized + unrealized - p.fees,
                 "trades": p.trades,
                 "turnover": p.turnover,
-                "win_rate": (p.wins / p.closes) if p.closes else None,
+                "win_rate": p.wins / p.closes if p.closes else None,
                 "end_position": p.qty,
+                "wins": p.wins,
+                "closes": p.closes,
             }
-            for symbol, p in sorted(book.positions.items())
-        ],
+        )
+    pnl = pd.DataFrame(
+        pnl_rows,
         columns=[
-            "session_id",
-            "session_date",
-            "model",
             "symbol",
             "realized",
             "unrealized",
@@ -218,52 +381,241 @@ def build_frames(ledger: Ledger, run_id: str) -> dict[str, pd.DataFrame]:
             "turnover",
             "win_rate",
             "end_position",
+            "wins",
+            "closes",
         ],
     )
-    return {"sessions": sessions, "orders": orders, "fills": fills, "risk_events": risk, "pnl": pnl}
+    equity = pd.DataFrame(
+        equity_rows,
+        columns=[
+            "symbol",
+            "minute",
+            "position",
+            "mark",
+            "realized",
+            "unrealized",
+            "fees",
+            "equity",
+        ],
+    )
+    equity["minute"] = _ts(equity["minute"])
+    eod = positions.sort_values("symbol").rename(columns={"ts": "as_of"})
+    eod["market_value"] = eod["qty"] * eod["mark"]
+    eod["unrealized"] = (eod["mark"] - eod["avg_price"]) * eod["qty"]
+    eod["as_of"] = _ts(eod["as_of"])
+    eod = eod[
+        [
+            "symbol",
+            "qty",
+            "avg_price",
+            "mark",
+            "market_value",
+            "realized",
+            "unrealized",
+            "fees",
+            "as_of",
+        ]
+    ]
+    return pnl, equity, eod
 
 
-def _json(value: Any) -> str:
-    import json
+# -- the DuckDB file ------------------------------------------------------------------------
 
-    return json.dumps(value, sort_keys=True)
+
+def connect(path: str | Path, *, read_only: bool) -> duckdb.DuckDBPyConnection:
+    """Open the report, waiting up to ``LOCK_WAIT_S`` while another process holds it.
+
+    DuckDB lets one process open a file for writing, or any number for reading, never
+    both: sessions finishing together and a user's query take turns.
+    """
+    deadline = monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower() or monotonic() >= deadline:
+                raise
+            sleep(LOCK_RETRY_S)
+
+
+def schema_version(con: duckdb.DuckDBPyConnection) -> int | None:
+    """The file's schema version; None for a file with no report in it yet."""
+    has_meta = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'meta'"
+    ).fetchone()
+    if not has_meta or not has_meta[0]:
+        return None
+    row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    return int(row[0]) if row else None
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> None:
+    """Create the schema, or upgrade an older file to it; run inside the caller's transaction."""
+    version = schema_version(con)
+    if version is not None and version > REPORT_SCHEMA_VERSION:
+        raise ReportError(
+            f"the report was written by a newer tradeday (schema v{version}; "
+            f"this one writes v{REPORT_SCHEMA_VERSION})"
+        )
+    if version is not None:
+        for step in range(version + 1, REPORT_SCHEMA_VERSION + 1):
+            con.execute(MIGRATIONS[step])
+    con.execute(DDL)
+    con.execute(VIEWS)
+    con.execute(
+        "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(REPORT_SCHEMA_VERSION)]
+    )
+
+
+def _insert(con: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame) -> None:
+    if len(frame):
+        con.register("frame", frame)
+        cols = ", ".join(frame.columns)
+        con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM frame")
+        con.unregister("frame")
 
 
 def write_report(ledger: Ledger, run_id: str, path: str | Path) -> Path:
-    """Write (or replace) one session's rows in the DuckDB report, atomically."""
+    """Write (or replace) one session's rows in the DuckDB report, in one transaction.
+
+    A session replaces its own earlier rows and those of an earlier session with the same
+    date, model and deployment (a re-run of that day).
+    """
     frames = build_frames(ledger, run_id)
     run = frames["sessions"].iloc[0]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(str(path))
+    con = connect(path, read_only=False)
     try:
         con.execute("BEGIN TRANSACTION")
-        con.execute(DDL)
-        con.execute(
-            "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(REPORT_SCHEMA_VERSION)]
-        )
-        # the same day, model and deployment again replaces the earlier session's rows
-        old = [
-            r[0]
-            for r in con.execute(
-                "SELECT session_id FROM sessions WHERE session_date = ? AND model = ? "
-                "AND deployment = ? OR session_id = ?",
-                [run["session_date"], run["model"], run["deployment"], run["session_id"]],
-            ).fetchall()
-        ]
-        for table in TABLES:
+        try:
+            migrate(con)
+            old = [
+                r[0]
+                for r in con.execute(
+                    "SELECT session_id FROM sessions WHERE (session_date = ? AND model = ? "
+                    "AND deployment = ?) OR session_id = ?",
+                    [run["session_date"], run["model"], run["deployment"], run["session_id"]],
+                ).fetchall()
+            ]
             if old:
-                con.execute(f"DELETE FROM {table} WHERE session_id IN (SELECT unnest(?))", [old])
-            frame = frames[table]
-            if len(frame):
-                con.register("frame", frame)
-                cols = ", ".join(frame.columns)
-                con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM frame")
-                con.unregister("frame")
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
+                for table in TABLES:
+                    con.execute(
+                        f"DELETE FROM {table} WHERE session_id IN (SELECT unnest(?))", [old]
+                    )
+            for table in TABLES:
+                _insert(con, table, frames[table])
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
     finally:
         con.close()
     return path
+
+
+def open_report(path: str | Path) -> duckdb.DuckDBPyConnection:
+    """A read-only connection to a report, migrated first if an older tradeday wrote it."""
+    path = Path(path)
+    if not path.exists():
+        raise ReportError(f"no report at {path}: run a session first")
+    con = connect(path, read_only=True)
+    if schema_version(con) != REPORT_SCHEMA_VERSION:
+        con.close()
+        con = connect(path, read_only=False)
+        try:
+            con.execute("BEGIN TRANSACTION")
+            migrate(con)
+            con.execute("COMMIT")
+        finally:
+            con.close()
+        con = connect(path, read_only=True)
+    return con
+
+
+# -- summaries ------------------------------------------------------------------------------
+
+
+def session_summary(
+    con: duckdb.DuckDBPyConnection,
+    dates: Iterable[date | str] | None = None,
+    last: int | None = None,
+) -> pd.DataFrame:
+    """``daily_summary`` rows for the given dates, or for the last ``last`` session dates."""
+    if dates is not None:
+        wanted = sorted({date.fromisoformat(str(d)) for d in dates})
+    else:
+        wanted = [
+            r[0]
+            for r in con.execute(
+                "SELECT DISTINCT session_date FROM sessions ORDER BY session_date DESC LIMIT ?",
+                [last or 1],
+            ).fetchall()
+        ]
+    return con.execute(
+        "SELECT * FROM daily_summary WHERE session_date IN (SELECT unnest(?::DATE[]))",
+        [wanted],
+    ).df()
+
+
+def model_totals(summary: pd.DataFrame) -> pd.DataFrame:
+    """Net P&L per model over the summary's sessions: the per-model comparison."""
+    grouped = summary.groupby("model", sort=True)
+    return pd.DataFrame(
+        {
+            "sessions": grouped.size(),
+            "trades": grouped["trades"].sum(),
+            "fees": grouped["fees"].sum(),
+            "net": grouped["net"].sum(),
+            "mean_net": grouped["net"].mean(),
+            "winning_days": grouped["net"].agg(lambda s: int((s > 0).sum())),
+            "worst_drawdown": grouped["max_drawdown"].max(),
+        }
+    ).reset_index()
+
+
+def money(value: float | None) -> str:
+    """To the cent with thousands separators; blank for NULL."""
+    return "" if value is None or pd.isna(value) else f"{value:,.2f}"
+
+
+def _ratio(value: float | None) -> str:
+    return "" if value is None or pd.isna(value) else f"{value:.2f}"
+
+
+def summary_markdown_for(report_path: str | Path, dates: Iterable[date | str]) -> str:
+    """Markdown tables of the sessions on ``dates`` and their net P&L per model.
+
+    What the session's Prefect artifact shows, and what an end-of-day report flow can
+    publish for any set of days.
+    """
+    con = open_report(report_path)
+    try:
+        summary = session_summary(con, dates=dates)
+    finally:
+        con.close()
+    if summary.empty:
+        return "_No sessions in the report for these dates._\n"
+    lines = [
+        "| Date | Model | Deployment | Status | Trades | Fees | Net P&L | Max drawdown | Sharpe |",
+        "|---|---|---|---|--:|--:|--:|--:|--:|",
+    ]
+    for r in summary.itertuples():
+        lines.append(
+            f"| {r.session_date:%Y-%m-%d} | {r.model} | {r.deployment or '-'} | {r.status} "
+            f"| {r.trades:,} | {money(r.fees)} | {money(r.net)} | {money(r.max_drawdown)} "
+            f"| {_ratio(r.sharpe)} |"
+        )
+    lines += [
+        "",
+        "**Net P&L per model**",
+        "",
+        "| Model | Sessions | Trades | Fees | Net P&L | Mean per session | Winning |",
+        "|---|--:|--:|--:|--:|--:|--:|",
+    ]
+    for r in model_totals(summary).itertuples():
+        lines.append(
+            f"| {r.model} | {r.sessions} | {r.trades:,} | {money(r.fees)} | {money(r.net)} "
+            f"| {money(r.mean_net)} | {r.winning_days}/{r.sessions} |"
+        )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,729 @@
+"""The DuckDB report: P&L reconciled with the fills, idempotent and atomic writes, migration,
+the one-writer rule, ``tradeday report``, the SQL in docs/reports.md, and its write time.
+
+Sessions come from real replays: a Prefect flow run over 20 minutes of recorded E-mini
+trades, and five recorded January-2023 days of 1-minute bars driven through the real
+engine, simulated broker and risk gate, with two small bar models defined here so these
+tests do not move when a shipped model is tuned.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from datetime import date
+from pathlib import Path
+from typing import Literal
+
+import duckdb
+import pytest
+
+import tradeday.report as report
+from models.base import NO_ORDERS, Model, ModelParams
+from tradeday import recording
+from tradeday.book import Book
+from tradeday.brokers.simulated import SimulatedBroker
+from tradeday.calendar import session_window
+from tradeday.cli import main as cli_main
+from tradeday.config import RiskLimits
+from tradeday.engine import Engine
+from tradeday.events import Bar, Order, Trade, buy, sell
+from tradeday.ledger import Batch, Ledger
+from tradeday.report import (
+    REPORT_SCHEMA_VERSION,
+    TABLES,
+    open_report,
+    summary_markdown_for,
+    write_report,
+)
+from tradeday.risk import RiskGate
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs" / "reports.md"
+DAYS = [date(2023, 1, 3), date(2023, 1, 4), date(2023, 1, 5), date(2023, 1, 6), date(2023, 1, 9)]
+SYMBOLS = ["AAPL", "MSFT"]
+MINUTE_NS = 60_000_000_000
+CENT = 1e-6
+
+
+def approx(value: float) -> object:
+    return pytest.approx(value, abs=CENT)
+
+
+# -- bar sessions through the real engine ---------------------------------------------------
+
+
+class BarTrendParams(ModelParams):
+    name: Literal["bar_trend", "bar_fade"] = "bar_trend"
+    quantity: int = 10
+    limit: int = 30
+
+
+class BarTrend(Model[BarTrendParams]):
+    """Buy a bar that closed up, sell one that closed down (``bar_fade``: the opposite)."""
+
+    params_class = BarTrendParams
+
+    def on_bar(self, bar: Bar, position: int) -> Sequence[Order]:
+        p = self.params
+        up = bar.close > bar.open if p.name == "bar_trend" else bar.close < bar.open
+        down = bar.close < bar.open if p.name == "bar_trend" else bar.close > bar.open
+        if up and position < p.limit:
+            return (buy(bar.symbol, p.quantity),)
+        if down and position > -p.limit:
+            return (sell(bar.symbol, p.quantity),)
+        return NO_ORDERS
+
+
+def replay_bars(ledger: Ledger, day: date, model: str, *, flatten: bool = True) -> str:
+    """One session of recorded bars as TradingSession runs it: flushes, flatten, final flush."""
+    window = session_window(day)
+    bars = recording.load(
+        recording.bundled(day), SYMBOLS, window.open_ns, window.close_ns, kinds=["b"]
+    )
+    params = BarTrendParams(name=model, quantity=10 if model == "bar_trend" else 7)
+    run_id = f"td-{day:%Y%m%d}-{model}"
+    ledger.start_run(
+        run_id=run_id,
+        session_date=day.isoformat(),
+        model=model,
+        params=params.model_dump(mode="json"),
+        symbols=SYMBOLS,
+        feed="replay",
+        broker="simulated",
+        account="simulated",
+        started_ns=window.open_ns,
+        heartbeat_ns=window.open_ns,
+        counters={},
+    )
+    book = Book(1_000_000.0)
+    broker = SimulatedBroker(1_000_000.0, slippage_bps=1.0, commission_per_share=0.005)
+    engine = Engine(
+        run_id,
+        BarTrend(params, SYMBOLS),
+        broker,
+        RiskGate(RiskLimits(), book),
+        book,
+        model_name=model,
+    )
+    for i, b in enumerate(bars.to_pylist()):
+        engine.on_bar(
+            Bar(b["symbol"], b["ts"], b["open"], b["high"], b["low"], b["close"], b["volume"])
+        )
+        if i % 200 == 199:
+            ledger.write(engine.take_batch(), run_id)
+    if flatten:
+        engine.flatten()
+        broker.flush(engine.clock)
+        engine.drain()
+    ledger.write(engine.take_batch(positions=True), run_id)
+    status = "completed" if not book.open_positions() else "failed"
+    counters = {"ticks": bars.num_rows, "orders": engine.stats.orders, "fills": engine.stats.fills}
+    ledger.finish_run(run_id, status, status, window.close_ns, counters)
+    return run_id
+
+
+@pytest.fixture(scope="module")
+def five_days(tmp_path_factory) -> dict:
+    """Ten flat sessions (two models x five recorded days) in one ledger and one report."""
+    tmp = tmp_path_factory.mktemp("five_days")
+    ledger = Ledger(f"sqlite:///{tmp / 'ledger.sqlite'}")
+    path = tmp / "reports.duckdb"
+    runs = [replay_bars(ledger, day, m) for day in DAYS for m in ("bar_trend", "bar_fade")]
+    for run_id in runs:
+        write_report(ledger, run_id, path)
+    yield {"ledger": ledger, "path": path, "runs": runs, "tmp": tmp}
+    ledger.close()
+
+
+def snapshot(path: Path) -> dict[str, list[tuple]]:
+    """Every row of every table, in a stable order."""
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        return {t: con.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall() for t in TABLES}
+    finally:
+        con.close()
+
+
+def reconcile(con: duckdb.DuckDBPyConnection, session_id: str) -> tuple[float, float, float]:
+    """Sum of pnl.net, and the cash change and open value computed straight from ``fills``."""
+    return con.execute(
+        """
+        SELECT
+          (SELECT sum(net) FROM pnl WHERE session_id = $id),
+          (SELECT sum(CASE side WHEN 'sell' THEN qty * price ELSE -qty * price END) - sum(fee)
+             FROM fills WHERE session_id = $id),
+          (SELECT coalesce(sum(f.position * e.mark), 0)
+             FROM (SELECT symbol, sum(CASE side WHEN 'buy' THEN qty ELSE -qty END) AS position
+                     FROM fills WHERE session_id = $id GROUP BY symbol) f
+             JOIN positions_eod e ON e.session_id = $id AND e.symbol = f.symbol)
+        """,
+        {"id": session_id},
+    ).fetchone()
+
+
+# -- the engine records marks once per tick-time minute -------------------------------------
+
+
+class Silent(Model[BarTrendParams]):
+    params_class = BarTrendParams
+
+
+def test_engine_buffers_one_mark_per_symbol_per_minute():
+    book = Book()
+    engine = Engine(
+        "r",
+        Silent(BarTrendParams(), ["A"]),
+        SimulatedBroker(),
+        RiskGate(RiskLimits(), book),
+        book,
+        model_name="m",
+    )
+    t0 = 1_672_756_200_000_000_000  # 14:30:00 UTC
+    ticks = [
+        ("A", 5, 10.00),
+        ("A", 50, 10.25),
+        ("B", 59, 20.00),
+        ("A", 125, 10.50),  # 14:32: closes 14:30; 14:31 had no ticks and gets no row
+        ("B", 130, 20.50),
+        ("A", 170, 10.75),
+    ]
+    for i, (symbol, sec, price) in enumerate(ticks):
+        engine.on_trade(Trade(symbol, t0 + sec * 1_000_000_000, price, 1))
+        if i == 2:
+            assert engine.take_batch().marks == []  # the minute is still open
+    batch = engine.take_batch()
+    assert [(m["symbol"], (m["ts"] - t0) // 1_000_000_000, m["price"]) for m in batch.marks] == [
+        ("A", 0, 10.25),
+        ("B", 0, 20.00),
+    ]
+    final = engine.take_batch(positions=True)  # the session's last flush closes 14:32
+    assert [(m["symbol"], (m["ts"] - t0) // 1_000_000_000, m["price"]) for m in final.marks] == [
+        ("A", 120, 10.75),
+        ("B", 120, 20.50),
+    ]
+    assert engine.take_batch(positions=True).marks == []  # never twice
+
+
+# -- a real flow run ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def es_twenty_minutes(tmp_path: Path) -> Path:
+    """The first 20 regular-hours minutes of 2013-09-03's recorded E-mini trades."""
+    window = session_window(date(2013, 9, 3))
+    table = recording.load(
+        recording.bundled(window.day),
+        start_ns=window.open_ns,
+        end_ns=window.open_ns + 20 * MINUTE_NS,
+    )
+    return recording.write(table, tmp_path / "es-20min.parquet")
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_flow_day_pnl_reconciles_with_fills_marks_and_artifact(es_twenty_minutes, session_paths):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    from flows.session import trading_session
+    from tradeday.config import parse_session_config
+
+    config = parse_session_config(
+        {
+            "model": {"name": "volume_modulo"},
+            "symbols": ["ES"],
+            "feed": {"recording": str(es_twenty_minutes)},
+            **session_paths,
+        }
+    )
+    result = trading_session(config=config, session_date=date(2013, 9, 3))
+    assert result["status"] == "completed" and result["final_positions"] == {}
+    run_id = result["run_id"]
+
+    # the ledger's marks are the last print of every minute, as the recording has them
+    trades = recording.load(es_twenty_minutes).to_pandas()
+    last = trades.groupby(trades["ts"] // MINUTE_NS * MINUTE_NS)["price"].last()
+    ledger = Ledger(session_paths["ledger_url"])
+    with ledger.engine.connect() as conn:
+        marks = conn.exec_driver_sql(
+            "SELECT ts, price FROM marks WHERE run_id = ? ORDER BY ts", (run_id,)
+        ).fetchall()
+    ledger.close()
+    assert len(marks) == 20
+    assert marks == list(zip(last.index.tolist(), last.tolist(), strict=True))
+
+    con = duckdb.connect(session_paths["report_path"], read_only=True)
+    net, cash, open_value = reconcile(con, run_id)
+    assert open_value == 0  # flat after the flatten
+    assert net == approx(cash)
+    assert net == approx(result["net"])
+    assert con.execute("SELECT count(*) FROM fills").fetchone()[0] == result["fills"] > 10
+    rows = con.execute(
+        "SELECT count(*), count(DISTINCT minute), last(equity ORDER BY minute) "
+        "FROM equity WHERE session_id = ?",
+        [run_id],
+    ).fetchone()
+    assert rows == (20, 20, approx(net))
+    session = con.execute(
+        "SELECT flow_run_id, status, ticks, max_drawdown >= 0, sharpe IS NOT NULL "
+        "FROM sessions WHERE session_id = ?",
+        [run_id],
+    ).fetchone()
+    assert session[1:] == ("completed", len(trades), True, True)
+    con.close()
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[session[0]]))
+        )
+    (summary,) = [a for a in artifacts if a.key == "session-summary"]
+    assert "## Every session on 2013-09-03" in summary.data
+    assert f"| 2013-09-03 | volume_modulo | - | completed | {result['fills']:,} |" in summary.data
+    assert f"| {report.money(net)} |" in summary.data
+    assert "**Net P&L per model**" in summary.data
+
+
+# -- P&L on the bar days --------------------------------------------------------------------
+
+
+def test_every_bar_session_reconciles_with_its_fills(five_days):
+    con = duckdb.connect(str(five_days["path"]), read_only=True)
+    for run_id in five_days["runs"]:
+        net, cash, open_value = reconcile(con, run_id)
+        assert open_value == 0
+        assert net == approx(cash)
+        assert con.execute(
+            "SELECT last(equity ORDER BY minute) FROM session_equity WHERE session_id = ?",
+            [run_id],
+        ).fetchone()[0] == approx(net)
+    assert con.execute(
+        "SELECT count(*), count(DISTINCT session_date) FROM sessions"
+    ).fetchone() == (10, 5)
+    # 390 minutes a day (09:30-15:59 bars), both symbols, every session
+    assert con.execute("SELECT count(*) FROM equity").fetchone()[0] == 10 * 390 * 2
+    con.close()
+
+
+def test_open_positions_are_valued_at_the_last_mark(tmp_path: Path):
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+    run_id = replay_bars(ledger, DAYS[0], "bar_trend", flatten=False)
+    path = write_report(ledger, run_id, tmp_path / "r.duckdb")
+    ledger.close()
+    con = duckdb.connect(str(path), read_only=True)
+    net, cash, open_value = reconcile(con, run_id)
+    positions = con.execute(
+        "SELECT symbol, qty, mark FROM positions_eod WHERE qty <> 0 ORDER BY symbol"
+    ).fetchall()
+    assert positions  # the model ends the day holding something
+    assert open_value == approx(sum(q * m for _, q, m in positions))
+    assert net == approx(cash + open_value)
+    # the last mark is each symbol's last recorded bar close of the day
+    window = session_window(DAYS[0])
+    bars = recording.load(
+        recording.bundled(DAYS[0]), SYMBOLS, window.open_ns, window.close_ns
+    ).to_pandas()
+    closes = bars.groupby("symbol")["close"].last()
+    assert [(s, m) for s, _, m in positions] == [(s, closes[s]) for s, _, _ in positions]
+    assert con.execute("SELECT status FROM sessions").fetchone() == ("failed",)
+    con.close()
+
+
+# -- writes ---------------------------------------------------------------------------------
+
+
+def test_writing_a_session_twice_leaves_one_copy(five_days):
+    before = snapshot(five_days["path"])
+    write_report(five_days["ledger"], five_days["runs"][3], five_days["path"])
+    assert snapshot(five_days["path"]) == before
+    con = duckdb.connect(str(five_days["path"]), read_only=True)
+    assert con.execute(
+        "SELECT count(*) FROM sessions WHERE session_id = ?", [five_days["runs"][3]]
+    ).fetchone() == (1,)
+    con.close()
+
+
+def test_a_failed_write_leaves_the_previous_state(five_days, monkeypatch):
+    path, run_id = five_days["path"], five_days["runs"][0]
+    before = snapshot(path)
+    real_insert = report._insert
+    inserted: list[str] = []
+
+    def insert_then_fail(con, table, frame):
+        if len(inserted) == 3:  # sessions, orders and fills replaced; then a crash
+            raise RuntimeError("disk full")
+        real_insert(con, table, frame)
+        inserted.append(table)
+
+    monkeypatch.setattr(report, "_insert", insert_then_fail)
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_report(five_days["ledger"], run_id, path)
+    assert inserted == ["sessions", "orders", "fills"]
+    assert snapshot(path) == before
+    monkeypatch.setattr(report, "_insert", real_insert)
+    write_report(five_days["ledger"], run_id, path)  # the file is not left locked
+    assert snapshot(path) == before
+
+
+KILLED_WRITER = """
+import sys, time
+import tradeday.report as report
+from tradeday.ledger import Ledger
+
+ledger_url, run_id, path, marker = sys.argv[1:]
+real_insert = report._insert
+
+def insert_slowly(con, table, frame):
+    real_insert(con, table, frame)
+    open(marker, "w").write(table)  # the old rows are deleted and new ones going in
+    time.sleep(600)
+
+report._insert = insert_slowly
+report.write_report(Ledger(ledger_url), run_id, path)
+"""
+
+
+def test_a_killed_write_leaves_the_previous_state(five_days):
+    path, run_id = five_days["path"], five_days["runs"][1]
+    before = snapshot(path)
+    marker = five_days["tmp"] / "writing"
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            KILLED_WRITER,
+            five_days["ledger"].url,
+            run_id,
+            str(path),
+            str(marker),
+        ],
+        cwd=ROOT,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert writer.poll() is None, "the writer exited before it started writing"
+            assert time.monotonic() < deadline, "the writer never reached the inserts"
+            time.sleep(0.05)
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+    assert marker.read_text() == "sessions"
+    assert snapshot(path) == before
+
+
+def test_a_writer_waits_while_another_process_holds_the_file(five_days, monkeypatch):
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys; c = duckdb.connect(sys.argv[1], read_only=True); "
+            "print('holding', flush=True); sys.stdin.readline(); c.close()",
+            str(five_days["path"]),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "holding"
+    waits: list[float] = []
+
+    def release(seconds: float) -> None:
+        waits.append(seconds)
+        if holder.poll() is None:
+            holder.stdin.write("\n")
+            holder.stdin.flush()
+            holder.wait()
+
+    monkeypatch.setattr(report, "sleep", release)
+    try:
+        write_report(five_days["ledger"], five_days["runs"][2], five_days["path"])
+    finally:
+        holder.kill()
+        holder.wait()
+    assert waits == [report.LOCK_RETRY_S]
+
+
+# -- schema versions ------------------------------------------------------------------------
+
+V1_DDL = """
+CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
+CREATE TABLE IF NOT EXISTS sessions (
+    session_id VARCHAR PRIMARY KEY, session_date DATE, deployment VARCHAR, flow_run_id VARCHAR,
+    model VARCHAR, params JSON, symbols VARCHAR[], feed VARCHAR, broker VARCHAR, status VARCHAR,
+    message VARCHAR, started_at TIMESTAMPTZ, ended_at TIMESTAMPTZ, ticks BIGINT, skipped BIGINT,
+    reconnects BIGINT, orders BIGINT, fills BIGINT, risk_rejections BIGINT
+);
+CREATE TABLE IF NOT EXISTS orders (
+    session_id VARCHAR, session_date DATE, model VARCHAR, client_order_id VARCHAR, symbol VARCHAR,
+    side VARCHAR, qty BIGINT, limit_price DOUBLE, submitted_at TIMESTAMPTZ, status VARCHAR,
+    filled_qty BIGINT, avg_fill_price DOUBLE, reason VARCHAR, purpose VARCHAR
+);
+CREATE TABLE IF NOT EXISTS fills (
+    session_id VARCHAR, session_date DATE, model VARCHAR, client_order_id VARCHAR, symbol VARCHAR,
+    side VARCHAR, qty BIGINT, price DOUBLE, fee DOUBLE, filled_at TIMESTAMPTZ
+);
+CREATE TABLE IF NOT EXISTS risk_events (
+    session_id VARCHAR, session_date DATE, model VARCHAR, event_at TIMESTAMPTZ, symbol VARCHAR,
+    side VARCHAR, qty BIGINT, reason VARCHAR
+);
+CREATE TABLE IF NOT EXISTS pnl (
+    session_id VARCHAR, session_date DATE, model VARCHAR, symbol VARCHAR, realized DOUBLE,
+    unrealized DOUBLE, fees DOUBLE, net DOUBLE, trades BIGINT, turnover DOUBLE, win_rate DOUBLE,
+    end_position BIGINT
+);
+INSERT OR REPLACE INTO meta VALUES ('schema_version', '1');
+INSERT INTO sessions VALUES ('td-20221230-old', DATE '2022-12-30', '', '', 'volume_modulo',
+    '{}', ['ES'], 'replay', 'simulated', 'completed', 'ended at close',
+    TIMESTAMPTZ '2022-12-30 14:30:00+00', TIMESTAMPTZ '2022-12-30 20:55:00+00',
+    1000, 0, 0, 4, 4, 0);
+INSERT INTO pnl VALUES ('td-20221230-old', DATE '2022-12-30', 'volume_modulo', 'ES', 12.5, 0,
+    0.5, 12.0, 4, 16400.0, 0.5, 0);
+"""
+
+
+def _columns(path: Path) -> dict[str, list[tuple]]:
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        return {
+            t: con.execute(f"SELECT column_name, column_type FROM (DESCRIBE {t})").fetchall()
+            for t in (*TABLES, "session_equity", "daily_summary")
+        }
+    finally:
+        con.close()
+
+
+def test_a_v1_file_is_upgraded_when_written(five_days, tmp_path: Path):
+    old = tmp_path / "v1.duckdb"
+    con = duckdb.connect(str(old))
+    con.execute(V1_DDL)
+    con.close()
+
+    write_report(five_days["ledger"], five_days["runs"][0], old)
+
+    assert _columns(old) == _columns(five_days["path"])  # same schema as a new file
+    con = duckdb.connect(str(old), read_only=True)
+    assert con.execute("SELECT value FROM meta").fetchall() == [(str(REPORT_SCHEMA_VERSION),)]
+    rows = con.execute(
+        "SELECT session_id, net, win_rate, max_drawdown IS NULL, sharpe IS NULL "
+        "FROM daily_summary ORDER BY session_date"
+    ).fetchall()
+    assert rows[0] == ("td-20221230-old", 12.0, None, True, True)  # v1 values kept, new NULL
+    assert rows[1][0] == five_days["runs"][0]
+    assert rows[1][2] is not None and rows[1][3:] == (False, False)  # v2 rows are complete
+    assert con.execute("SELECT count(*) FROM pnl WHERE wins IS NULL").fetchone() == (1,)
+    con.close()
+
+
+def test_a_v1_file_is_upgraded_when_read(tmp_path: Path):
+    old = tmp_path / "v1.duckdb"
+    con = duckdb.connect(str(old))
+    con.execute(V1_DDL)
+    con.close()
+    con = open_report(old)
+    assert con.execute("SELECT value FROM meta").fetchone() == ("2",)
+    assert con.execute("SELECT session_id, net FROM daily_summary").fetchall() == [
+        ("td-20221230-old", 12.0)
+    ]
+    con.close()
+
+
+def test_a_file_from_a_newer_tradeday_is_refused(five_days, tmp_path: Path):
+    newer = tmp_path / "v99.duckdb"
+    con = duckdb.connect(str(newer))
+    con.execute("CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
+    con.execute("INSERT INTO meta VALUES ('schema_version', '99')")
+    con.close()
+    with pytest.raises(report.ReportError, match="newer tradeday"):
+        write_report(five_days["ledger"], five_days["runs"][0], newer)
+
+
+# -- outputs --------------------------------------------------------------------------------
+
+
+def _expected_net_per_model(path: Path, dates: list[date]) -> dict[str, float]:
+    """Net P&L per model straight from the fills: flat sessions, so the cash change."""
+    con = duckdb.connect(str(path), read_only=True)
+    rows = con.execute(
+        "SELECT model, sum(CASE side WHEN 'sell' THEN qty * price ELSE -qty * price END) - sum(fee) "
+        "FROM fills WHERE session_date IN (SELECT unnest(?::DATE[])) GROUP BY model",
+        [dates],
+    ).fetchall()
+    con.close()
+    return dict(rows)
+
+
+def _rows(out: str, day: str) -> int:
+    """Rows of the printed sessions table for ``day``."""
+    return sum(1 for line in out.splitlines() if line.startswith(f"│ {day} "))
+
+
+def test_report_last_5_prints_the_summary_and_writes_the_png(five_days):
+    path = five_days["path"]
+    png = path.with_name("reports-equity-2023-01-03_2023-01-09.png")
+    png.unlink(missing_ok=True)
+    out = subprocess.run(
+        [
+            str(ROOT / ".venv" / "bin" / "tradeday"),
+            "report",
+            "--last",
+            "5",
+            "--report-path",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "160"},
+        check=True,
+    ).stdout
+    assert "Sessions" in out and "Net P&L per model" in out
+    for day in DAYS:
+        assert _rows(out, f"{day:%Y-%m-%d}") == 2  # one row per model
+    totals = _expected_net_per_model(path, DAYS)
+    for model, net in totals.items():
+        line = next(x for x in out.splitlines() if re.match(rf"\W*{model}\W+5\W", x))
+        assert f"{net:,.2f}" in line
+    assert f"equity plot: {png}" in out.replace("\n", "")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert png.stat().st_size > 20_000
+
+
+def test_report_for_one_date_and_for_an_empty_day(five_days, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "160")
+    path = five_days["path"]
+    assert cli_main(["report", "--date", "2023-01-05", "--report-path", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert _rows(out, "2023-01-05") == 2 and "2023-01-04" not in out
+    assert path.with_name("reports-equity-2023-01-05.png").exists()
+    assert cli_main(["report", "--date", "2023-01-07", "--report-path", str(path)]) == 1
+    assert "no sessions" in capsys.readouterr().out
+    assert cli_main(["report", "--report-path", str(path.with_name("none.duckdb"))]) == 1
+
+
+def test_summary_markdown_for_some_days(five_days):
+    text = summary_markdown_for(five_days["path"], DAYS[:2])
+    totals = _expected_net_per_model(five_days["path"], DAYS[:2])
+    assert text.count("| 2023-01-03 |") == 2 and text.count("| 2023-01-04 |") == 2
+    assert "2023-01-05" not in text
+    for model, net in totals.items():
+        assert re.search(
+            rf"\| {model} \| 2 \| [\d,]+ \| [\d,.]+ \| {re.escape(report.money(net))} \|", text
+        )
+    assert summary_markdown_for(five_days["path"], [date(2023, 1, 7)]).startswith("_No sessions")
+
+
+def _sql_blocks() -> list[str]:
+    return re.findall(r"```sql[^\n]*\n(.*?)```", DOCS.read_text(), flags=re.DOTALL)
+
+
+def test_every_sql_block_in_the_docs_runs_and_returns_rows(five_days):
+    blocks = _sql_blocks()
+    assert len(blocks) >= 5
+    con = duckdb.connect(str(five_days["path"]), read_only=True)
+    try:
+        for sql in blocks:
+            rows = con.execute(sql).fetchall()
+            assert rows, f"no rows from:\n{sql}"
+    finally:
+        con.close()
+
+
+def test_the_docs_sharpe_and_drawdown_sql_agree_with_the_report(five_days):
+    (sql,) = [b for b in _sql_blocks() if "sqrt(252 * 390)" in b]
+    con = duckdb.connect(str(five_days["path"]), read_only=True)
+    recomputed = {r[0]: r[1:] for r in con.execute(sql).fetchall()}
+    stored = con.execute("SELECT session_id, max_drawdown, sharpe FROM sessions").fetchall()
+    con.close()
+    assert len(recomputed) == len(stored) == 10
+    for session_id, drawdown, sharpe in stored:
+        assert recomputed[session_id] == (approx(drawdown), pytest.approx(sharpe, rel=1e-9))
+
+
+# -- write time -----------------------------------------------------------------------------
+
+
+def test_write_time_for_a_day_with_50000_orders(tmp_path: Path):
+    """Measured, not asserted: the number goes in docs/reports.md."""
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+    t0 = 1_672_756_200_000_000_000
+    symbols = ["AAPL", "MSFT", "NVDA", "IBM"]
+    ledger.start_run(
+        run_id="big",
+        session_date="2023-01-03",
+        model="m",
+        params={},
+        symbols=symbols,
+        feed="replay",
+        broker="simulated",
+        started_ns=t0,
+        heartbeat_ns=t0,
+        counters={},
+    )
+    rng = random.Random(5)
+    batch = Batch()
+    for i in range(50_000):
+        ts = t0 + i * (390 * MINUTE_NS // 50_000)
+        symbol, side, qty = symbols[i % 4], rng.choice(("buy", "sell")), rng.randint(1, 10)
+        price = round(100 + rng.random() * 5, 2)
+        coid = f"big-{i}"
+        batch.new_orders.append(
+            dict(
+                client_order_id=coid,
+                run_id="big",
+                model="m",
+                symbol=symbol,
+                side=side,
+                qty=qty,
+                limit_price=None,
+                ts=ts,
+                status="filled",
+                filled_qty=qty,
+                avg_fill_price=price,
+                reason="",
+                purpose="model",
+                tag="",
+            )
+        )
+        batch.fills.append(
+            dict(
+                run_id="big",
+                model="m",
+                client_order_id=coid,
+                symbol=symbol,
+                side=side,
+                qty=qty,
+                price=price,
+                fee=0.005 * qty,
+                ts=ts,
+            )
+        )
+    batch.marks = [
+        {"run_id": "big", "symbol": s, "ts": t0 + m * MINUTE_NS, "price": 102.5}
+        for m in range(390)
+        for s in symbols
+    ]
+    ledger.write(batch, "big")
+    path = tmp_path / "r.duckdb"
+    times = []
+    for _ in range(3):
+        wall, cpu = time.perf_counter(), time.process_time()
+        write_report(ledger, "big", path)
+        times.append(
+            f"{time.perf_counter() - wall:.3f} s wall / {time.process_time() - cpu:.3f} s CPU"
+        )
+    ledger.close()
+    print(f"\nreport write, 50,000 orders + 50,000 fills: {'; '.join(times)}")
+    con = duckdb.connect(str(path), read_only=True)
+    assert con.execute("SELECT count(*) FROM orders").fetchone() == (50_000,)
+    assert con.execute("SELECT count(*) FROM equity").fetchone() == (390 * 4,)
+    net, cash, _ = reconcile(con, "big")  # no positions rows: value what is open at the mark
+    open_value = con.execute(
+        "SELECT sum(CASE side WHEN 'buy' THEN qty ELSE -qty END) * 102.5::DOUBLE FROM fills"
+    ).fetchone()[0]
+    assert open_value != 0 and net == approx(cash + open_value)
+    con.close()
