@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.synced-stamp
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test lint format bench clean chromium
 
 $(STAMP): pyproject.toml uv.lock
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -22,12 +22,25 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-test: $(STAMP) lint
+test: $(STAMP) lint chromium
 	$(PY) -m pytest -q
+
+# Debian's Chromium for the browser test (tests/test_ui_browser.py), never `playwright install`.
+# Best effort: without root or apt the browser test skips and says why.
+chromium:
+	@if [ -x /usr/bin/chromium ]; then exit 0; fi; \
+	if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+			|| echo "chromium: apt-get install failed; the browser test will skip"; \
+	else echo "chromium: /usr/bin/chromium missing and apt-get as root unavailable; the browser test will skip"; fi
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+# Every benchmark, one table (docs/benchmarks.md); BENCH_ARGS=--quick for a fast check.
+bench: $(STAMP)
+	$(PY) -m benchmarks $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) data test-output .pytest_cache .ruff_cache

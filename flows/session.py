@@ -19,6 +19,7 @@ from tasks.credentials import alpaca_credentials
 from tasks.recovery import recover_crashed_runs
 from tasks.reporting import end_of_day_report, publish_summary
 from tasks.streaming import stream_session
+from tasks.ui import SessionProgress, session_tags, tag_flow_run
 from tradeday.calendar import MarketClosed, exchange_today
 from tradeday.config import SessionConfig
 from tradeday.ledger import Ledger
@@ -42,6 +43,7 @@ def _run_name() -> str:
 def trading_session(config: SessionConfig = SessionConfig(), session_date: date | None = None):  # noqa: B008
     """Trade one NYSE session with the configured model, end flat, and write the report."""
     logger = get_run_logger()
+    tag_flow_run(session_tags(config))
     day = session_date or exchange_today()
     window = market_window(day)
     if isinstance(window, MarketClosed):
@@ -53,6 +55,7 @@ def trading_session(config: SessionConfig = SessionConfig(), session_date: date 
         else None
     )
     recover_crashed_runs(config, credentials)
+    progress = SessionProgress(f"{day} {config.model.name}: share of the session done", logger)
     session = TradingSession(
         config,
         window,
@@ -60,6 +63,7 @@ def trading_session(config: SessionConfig = SessionConfig(), session_date: date 
         logger=logger,
         flow_run_id=str(flow_run.id or ""),
         deployment=deployment.name or "",
+        on_progress=progress,
     )
     status, message = "completed", ""
     try:
@@ -79,6 +83,7 @@ def trading_session(config: SessionConfig = SessionConfig(), session_date: date 
             finally:
                 ledger.close()
         session.close()
+    progress.done()
     report = end_of_day_report(config.ledger_url, session.run_id, config.report_path)
     publish_summary(result, report)
     return {**result_dict(result), "report_path": report}

@@ -26,3 +26,23 @@ def recover_crashed_runs(config: SessionConfig, credentials: Credentials | None)
     if not done:
         logger.info("no crashed runs to recover")
     return [{"run_id": r.run_id, "closed": r.closed, "fills": r.fills} for r in done]
+
+
+@task(name="close-account", cache_policy=NO_CACHE)
+def close_account(config: SessionConfig, credentials: Credentials | None) -> dict[str, int]:
+    """Close every position in an Alpaca account that the config says tradeday owns."""
+    from tradeday.brokers.alpaca import AlpacaPaperBroker
+
+    logger = get_run_logger()
+    broker = make_broker(config, credentials)
+    try:
+        if not isinstance(broker, AlpacaPaperBroker):
+            raise ValueError(f"closing a whole account needs an Alpaca broker, not {broker.name}")
+        statuses = broker.close_all_positions()
+        left = broker.wait_until_flat(timeout=30.0)
+    finally:
+        broker.close()
+    if not left.flat:
+        raise RuntimeError(f"account not flat after close-all: {left}")
+    logger.warning("closed the whole account: %s", statuses or "nothing was open")
+    return statuses

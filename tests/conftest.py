@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -37,3 +47,192 @@ def session_paths(tmp_path: Path) -> dict[str, str]:
         "ledger_url": f"sqlite:///{tmp_path / 'ledger.sqlite'}",
         "report_path": str(tmp_path / "reports.duckdb"),
     }
+
+
+# -- Real servers for the orchestration tests (test_deployments, test_cancel, test_ui_browser,
+# test_scale_out): started on 127.0.0.1 by the tests, stopped by them, every wait bounded.
+
+BIN = Path(sys.executable).parent
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+DEPLOYMENTS = ("daily-session", "replay-day", "flatten-now", "end-of-day-report")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
+    """Poll ``check`` until it returns something truthy; a bound instead of a hang."""
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gave up after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+    return result
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    """SIGTERM, then SIGKILL after ``timeout``."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+class RetryOn503(httpx.HTTPTransport):
+    """Prefect answers 503 for retryable errors (a busy SQLite, say); its own client retries."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        for attempt in range(8):
+            response = super().handle_request(request)
+            if response.status_code != 503 or attempt == 7:
+                break
+            response.close()
+            time.sleep(0.25 * 2**attempt)
+        return response
+
+
+@dataclass
+class PrefectServer:
+    api_url: str
+    env: dict[str, str]
+    home: Path
+    startup_s: float
+
+    @property
+    def ui_url(self) -> str:
+        return self.api_url.removesuffix("/api")
+
+    def api(self) -> httpx.Client:
+        """Plain REST calls, as the UI makes them: independent of in-process Prefect settings."""
+        return httpx.Client(base_url=self.api_url, timeout=30.0, transport=RetryOn503())
+
+
+def _healthy(api_url: str) -> bool:
+    try:
+        return httpx.get(f"{api_url}/health", timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@contextmanager
+def run_prefect_server(home: Path, **env: str) -> Iterator[PrefectServer]:
+    """``prefect server start`` on a free 127.0.0.1 port with its own PREFECT_HOME."""
+    home.mkdir(parents=True, exist_ok=True)
+    api_url = f"http://127.0.0.1:{free_port()}/api"
+    full_env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_URL": api_url,
+        "PREFECT_UI_API_URL": api_url,
+        "DO_NOT_TRACK": "1",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        **env,
+    }
+    port = api_url.rsplit(":", 1)[1].removesuffix("/api")
+    log = home / "server.log"
+    t0 = time.monotonic()
+    proc = subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", port],
+        env=full_env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_until(lambda: proc.poll() is not None or _healthy(api_url), 180, "prefect server")
+        assert proc.poll() is None, log.read_text()[-3000:]
+        server = PrefectServer(api_url, full_env, home, time.monotonic() - t0)
+        print(f"\nprefect server {api_url} up in {server.startup_s:.1f} s")
+        yield server
+    finally:
+        stop_process(proc)
+
+
+@contextmanager
+def run_tradeday_serve(server: PrefectServer, cwd: Path) -> Iterator[subprocess.Popen]:
+    """``tradeday serve`` against ``server``, polling every second; stopped before the server."""
+    log = cwd / "serve.log"
+    t0 = time.monotonic()
+    proc = subprocess.Popen(
+        [str(BIN / "tradeday"), "serve"],
+        env={**server.env, "PREFECT_RUNNER_POLL_FREQUENCY": "1"},
+        cwd=cwd,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"tradeday serve exited:\n{log.read_text()[-3000:]}")
+        return "Your deployments are being served" in log.read_text()
+
+    try:
+        wait_until(ready, 180, "tradeday serve")
+        print(f"\ntradeday serve up in {time.monotonic() - t0:.1f} s")
+        yield proc
+    finally:
+        stop_process(proc, 40.0)
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    """One real Prefect server (SQLite) shared by the orchestration and browser tests."""
+    with run_prefect_server(tmp_path_factory.mktemp("prefect-server")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def served(
+    prefect_server: PrefectServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PrefectServer]:
+    """The deployments of prefect.yaml served by ``tradeday serve`` on ``prefect_server``."""
+    with run_tradeday_serve(prefect_server, tmp_path_factory.mktemp("serve")):
+        yield prefect_server
+
+
+@pytest.fixture(scope="session")
+def start_prefect_server() -> Callable[..., Any]:
+    """For a test that needs a server of its own (e.g. on PostgreSQL): ``with start(home, **env)``."""
+    return run_prefect_server
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A throwaway PostgreSQL 15 cluster in a temp dir; the SQLAlchemy URL of its ``postgres`` db."""
+    if not (PG_BIN / "initdb").exists():
+        pytest.skip(f"PostgreSQL server binaries not found in {PG_BIN}")
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.getuid() == 0 else []
+    data = Path(tempfile.mkdtemp(prefix="tradeday-pg-"))  # not under pytest's 0700 root dir
+    if as_postgres:
+        shutil.chown(data, "postgres")
+    port = free_port()
+    pg_ctl = [*as_postgres, str(PG_BIN / "pg_ctl"), "-D", str(data), "-w", "-t", "60"]
+    subprocess.run(
+        [*as_postgres, str(PG_BIN / "initdb"), "-D", str(data), "--auth=trust", "-U", "postgres"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    subprocess.run(
+        [
+            *pg_ctl,
+            "-o",
+            f"-p {port} -k {data} -c listen_addresses=127.0.0.1",
+            "-l",
+            str(data / "log"),
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=90,
+    )
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*pg_ctl, "-m", "fast", "stop"], capture_output=True, timeout=90)
+        shutil.rmtree(data, ignore_errors=True)

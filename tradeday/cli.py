@@ -111,6 +111,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if state.is_completed() else 1
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve every deployment in prefect.yaml from this process (docs/operations.md)."""
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from prefect.settings import get_current_settings
+
+    if not get_current_settings().api.url:
+        sys.exit(
+            "tradeday serve: no Prefect server configured; start one with `prefect server start` "
+            "and set PREFECT_API_URL (e.g. http://127.0.0.1:4200/api)"
+        )
+    import deployments
+
+    deployments.serve(limit=args.limit)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from tradeday.config import SessionConfig
+    from tradeday.report_cli import run
+
+    path = args.report_path or SessionConfig.model_fields["report_path"].default
+    day = date.fromisoformat(args.date) if args.date else None
+    return run(path, day=day, last=args.last)
+
+
 def cmd_replay_server(args: argparse.Namespace) -> int:
     from tradeday.calendar import EXCHANGE_TZ
     from tradeday.events import datetime_to_ns
@@ -132,13 +158,20 @@ def cmd_record(args: argparse.Namespace) -> int:
 
     key_id, secret = os.environ.get("APCA_API_KEY_ID"), os.environ.get("APCA_API_SECRET_KEY")
     if not key_id or not secret:
-        sys.exit("tradeday: recording needs Alpaca keys: set APCA_API_KEY_ID and APCA_API_SECRET_KEY")
+        sys.exit(
+            "tradeday: recording needs Alpaca keys: set APCA_API_KEY_ID and APCA_API_SECRET_KEY"
+        )
     day = date.fromisoformat(args.date)
     out = args.out or f"data/recordings/{day.isoformat()}.parquet"
     try:
         path, counts = record_day(
-            day, args.symbols.split(","), out, key_id=key_id, secret_key=secret,
-            feed=args.feed, base_url=args.data_url,
+            day,
+            args.symbols.split(","),
+            out,
+            key_id=key_id,
+            secret_key=secret,
+            feed=args.feed,
+            base_url=args.data_url,
         )
     except MarketClosed as closed:
         sys.exit(f"tradeday: {closed}")
@@ -186,6 +219,19 @@ def main(argv: list[str] | None = None) -> int:
     rec.add_argument("--out", help="Parquet file (default data/recordings/DATE.parquet)")
     rec.add_argument("--data-url", dest="data_url", help="an Alpaca-compatible data API URL")
     rec.set_defaults(func=cmd_record)
+
+    serve = sub.add_parser("serve", help="serve all deployments (prefect.yaml) from one process")
+    serve.add_argument("--limit", type=int, default=None, help="max concurrent flow runs")
+    serve.set_defaults(func=cmd_serve)
+
+    report = sub.add_parser(
+        "report", help="print the sessions in the DuckDB report and plot their equity (PNG)"
+    )
+    when = report.add_mutually_exclusive_group()
+    when.add_argument("--date", help="the sessions of one date YYYY-MM-DD")
+    when.add_argument("--last", type=int, default=5, help="the last N session dates (default 5)")
+    report.add_argument("--report-path", dest="report_path", help="DuckDB report file")
+    report.set_defaults(func=cmd_report)
 
     args = parser.parse_args(argv)
     return args.func(args)

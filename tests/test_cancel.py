@@ -1,0 +1,84 @@
+"""Cancel through the Prefect API while a served session streams: the flow process flattens
+in its own ``finally`` and the run ends Cancelled. Both times are measured and printed."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from conftest import PrefectServer, wait_until
+from sqlalchemy import create_engine, text
+
+from tradeday.ledger import Ledger
+
+pytestmark = pytest.mark.slow
+
+
+def _fills(url: str) -> int:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as con:
+            return con.execute(text("SELECT count(*) FROM fills")).scalar_one()
+    except Exception:  # tables not created yet
+        return 0
+    finally:
+        engine.dispose()
+
+
+def test_cancel_via_api_flattens_and_ends_cancelled(
+    served: PrefectServer, open_fixture, session_paths
+):
+    config = {
+        "model": {"name": "volume_modulo"},
+        "symbols": ["ES"],
+        # 57 s of real prints at real time: the session is surely mid-stream when cancelled
+        "feed": {"recording": str(open_fixture), "speed": 1.0},
+        **session_paths,
+    }
+    with served.api() as api:
+        dep = api.get("/deployments/name/trading-session/replay-day").json()
+        created = api.post(
+            f"/deployments/{dep['id']}/create_flow_run",
+            json={"parameters": {"config": config, "session_date": "2013-09-03"}},
+        )
+        assert created.status_code == 201, created.text
+        run_id = created.json()["id"]
+        wait_until(lambda: _fills(session_paths["ledger_url"]) >= 3, 180, "the first fills")
+
+        cancel_ns = time.time_ns()
+        t0 = time.monotonic()
+        cancelled = api.post(
+            f"/flow_runs/{run_id}/set_state",
+            json={"state": {"type": "CANCELLING", "name": "Cancelling"}},
+        )
+        assert cancelled.status_code in (200, 201), cancelled.text
+
+        def final() -> dict | None:
+            run = api.get(f"/flow_runs/{run_id}").json()
+            return (
+                run
+                if run["state_type"] in ("CANCELLED", "COMPLETED", "FAILED", "CRASHED")
+                else None
+            )
+
+        flow_run = wait_until(final, 90, "the run to end after cancel", interval=0.2)
+        to_cancelled_s = time.monotonic() - t0
+
+    ledger = Ledger(session_paths["ledger_url"])
+    try:
+        (run,) = ledger.runs()
+        fills = ledger.fills(run.run_id)
+        positions = ledger.positions(run.run_id)
+    finally:
+        ledger.close()
+    to_flat_s = (run.ended_ns - cancel_ns) / 1e9
+    print(
+        f"\ncancel -> flat (ledger run closed) {to_flat_s:.2f} s; "
+        f"cancel -> {flow_run['state_name']} state {to_cancelled_s:.2f} s; "
+        f"{len(fills)} fills, {run.counters['ticks']} ticks before the stop"
+    )
+    assert flow_run["state_type"] == "CANCELLED", flow_run["state"]
+    assert run.status == "cancelled", (run.status, run.message)
+    assert sum(f.qty if f.side == "buy" else -f.qty for f in fills) == 0
+    assert all(p.qty == 0 for p in positions)
+    assert run.counters["ticks"] < 5000  # it really was stopped mid-stream

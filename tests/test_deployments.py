@@ -1,0 +1,209 @@
+"""The deployments of prefect.yaml: one definition, the schedule in New York time across DST,
+parameters refused by the real server before a run exists, and a holiday run."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from datetime import UTC, date, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from conftest import DEPLOYMENTS, PrefectServer, wait_until
+from prefect import flow
+from prefect.server.schemas.schedules import CronSchedule
+
+import deployments
+from tradeday.ledger import Ledger
+
+NEW_YORK = ZoneInfo("America/New_York")
+FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+
+
+def deployment(api, name: str) -> dict:
+    flow = {"daily-session": "trading-session", "replay-day": "trading-session"}.get(name, name)
+    response = api.get(f"/deployments/name/{flow}/{name}")
+    response.raise_for_status()
+    return response.json()
+
+
+def wait_final(api, flow_run_id: str, timeout: float = 180.0) -> dict:
+    def final() -> dict | None:
+        run = api.get(f"/flow_runs/{flow_run_id}").json()
+        return run if run["state_type"] in FINAL else None
+
+    return wait_until(final, timeout, f"flow run {flow_run_id} to finish")
+
+
+def test_prefect_yaml_is_the_one_definition():
+    built = {d.name: d for d in deployments.runner_deployments()}
+    assert tuple(built) == DEPLOYMENTS
+    daily = built["daily-session"]
+    (schedule,) = daily.schedules
+    assert (schedule.schedule.cron, schedule.schedule.timezone) == ("25 9 * * 1-5", NEW_YORK.key)
+    assert daily.entrypoint == "flows.session.trading_session"
+    assert all(d.enforce_parameter_schema for d in built.values())
+    assert not any(d.schedules for name, d in built.items() if name != "daily-session")
+
+
+@pytest.mark.parametrize(
+    ("start", "utc_hours"),
+    [
+        (datetime(2026, 3, 2, tzinfo=UTC), {14, 13}),  # DST starts Sunday 2026-03-08
+        (datetime(2026, 10, 26, tzinfo=UTC), {13, 14}),  # DST ends Sunday 2026-11-01
+    ],
+)
+@pytest.mark.slow
+def test_schedule_is_0925_new_york_across_dst(served: PrefectServer, start, utc_hours):
+    with served.api() as api:
+        (entry,) = deployment(api, "daily-session")["schedules"]
+    spec = entry["schedule"]
+    assert spec["timezone"] == NEW_YORK.key
+    dates = asyncio.run(
+        CronSchedule(cron=spec["cron"], timezone=spec["timezone"]).get_dates(n=10, start=start)
+    )
+    local = [d.astimezone(NEW_YORK) for d in dates]
+    assert all((t.hour, t.minute) == (9, 25) and t.weekday() < 5 for t in local)
+    assert {d.astimezone(UTC).hour for d in dates} == utc_hours  # the UTC time moved by an hour
+
+
+@pytest.mark.slow
+def test_scheduled_runs_on_the_server_are_0925_new_york(served: PrefectServer):
+    with served.api() as api:
+        dep = deployment(api, "daily-session")
+        runs = wait_until(
+            lambda: api.post(
+                "/flow_runs/filter",
+                json={
+                    "deployments": {"id": {"any_": [dep["id"]]}},
+                    "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}},
+                    "limit": 10,
+                },
+            ).json(),
+            90,
+            "the scheduler to create daily-session runs",
+        )
+    for run in runs:
+        at = datetime.fromisoformat(run["expected_start_time"]).astimezone(NEW_YORK)
+        assert (at.hour, at.minute, at.weekday() < 5) == (9, 25, True), at
+
+
+@pytest.mark.slow
+def test_holiday_run_completes_with_market_closed(served: PrefectServer):
+    with served.api() as api:
+        dep = deployment(api, "daily-session")
+        t0 = time.monotonic()
+        created = api.post(
+            f"/deployments/{dep['id']}/create_flow_run",
+            json={"parameters": {"session_date": "2026-11-26"}},
+        )
+        assert created.status_code == 201, created.text
+        run = wait_final(api, created.json()["id"])
+    print(f"\nholiday run: created -> {run['state_name']} in {time.monotonic() - t0:.1f} s")
+    assert run["state_type"] == "COMPLETED"
+    assert run["state"]["message"] == "market closed 2026-11-26 (Thanksgiving)"
+    assert run["name"] == "2026-11-26-volume_modulo"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("model", "field"),
+    [
+        ({"name": "nope"}, "config.model"),
+        ({"name": "volume_modulo", "quantity": -5}, "config.model"),
+    ],
+)
+def test_invalid_parameters_are_refused_before_a_run_exists(
+    served: PrefectServer, session_paths, tmp_path: Path, model, field
+):
+    params = {"config": {"model": model, **session_paths}, "session_date": "2013-09-03"}
+    with served.api() as api:
+        dep = deployment(api, "replay-day")
+        count = {"deployments": {"id": {"any_": [dep["id"]]}}}
+        before = api.post("/flow_runs/count", json=count).json()
+        refused = api.post(f"/deployments/{dep['id']}/create_flow_run", json={"parameters": params})
+        after = api.post("/flow_runs/count", json=count).json()
+    assert refused.status_code == 409, refused.text
+    assert f"field '{field}'" in refused.json()["detail"]
+    assert after == before  # no run was created, so nothing can have traded
+    assert not (tmp_path / "ledger.sqlite").exists()
+
+
+def test_session_date_default_is_a_recorded_day():
+    (replay,) = [d for d in deployments.definitions() if d["name"] == "replay-day"]
+    from tradeday import recording
+
+    assert date.fromisoformat(replay["parameters"]["session_date"]) in recording.bundled_days()
+
+
+@pytest.mark.slow
+def test_flatten_now_closes_what_a_killed_run_left_open(
+    served: PrefectServer, open_fixture, session_paths
+):
+    # buys only (every even size), so the book is long from the first fill until flattened
+    model = {"name": "volume_modulo", "buy_modulus": 2, "sell_modulus": 1_000_003, "quantity": 1}
+    config = {
+        "model": model,
+        "symbols": ["ES"],
+        "feed": {"recording": str(open_fixture), "speed": 1.0},
+        **session_paths,
+    }
+    ledger = Ledger(session_paths["ledger_url"])
+    try:
+        with served.api() as api:
+            created = api.post(
+                f"/deployments/{deployment(api, 'replay-day')['id']}/create_flow_run",
+                json={"parameters": {"config": config, "session_date": "2013-09-03"}},
+            )
+            assert created.status_code == 201, created.text
+
+            def long_run():
+                runs = ledger.runs()
+                held = runs and any(p.qty > 0 for p in ledger.positions(runs[0].run_id))
+                return runs[0] if held else None
+
+            run = wait_until(long_run, 180, "a long position in the ledger")
+            os.kill(run.pid, signal.SIGKILL)  # a crash: no finally, no flatten
+            crashed = wait_final(api, created.json()["id"])
+            left = {p.symbol: p.qty for p in ledger.positions(run.run_id) if p.qty}
+            flatten = api.post(
+                f"/deployments/{deployment(api, 'flatten-now')['id']}/create_flow_run",
+                json={"parameters": {"ledger_url": session_paths["ledger_url"]}},
+            )
+            assert flatten.status_code == 201, flatten.text
+            flattened = wait_final(api, flatten.json()["id"])
+        after = ledger.run(run.run_id)
+        positions = ledger.positions(run.run_id)
+        recovery = [o for o in ledger.orders(run.run_id) if o.purpose == "recovery"]
+    finally:
+        ledger.close()
+    print(f"\nflatten-now: killed run left {left}; recovered with {len(recovery)} order(s)")
+    assert crashed["state_type"] == "CRASHED"
+    assert left and flattened["state_type"] == "COMPLETED", flattened["state"]
+    assert after.status == "crashed" and "flatten-now" in after.message
+    assert all(p.qty == 0 for p in positions)
+    assert [(o.symbol, o.side, o.qty) for o in recovery] == [("ES", "sell", left["ES"])]
+
+
+def test_progress_artifact_is_throttled(prefect_harness, monkeypatch):
+    import tasks.ui
+
+    sent: list[float] = []
+    monkeypatch.setattr(
+        tasks.ui, "update_progress_artifact", lambda _id, progress: sent.append(progress)
+    )
+
+    @flow
+    def replay_flushes() -> None:
+        progress = tasks.ui.SessionProgress("test", logging.getLogger(__name__))
+        for i in range(3001):  # one call per 1 s flush over a replayed session
+            progress(i / 3000)
+        progress.done()
+
+    replay_flushes()
+    print(f"\n{len(sent)} progress updates for 3,001 flushes")
+    assert len(sent) <= 22 and sent == sorted(sent) and sent[-1] == 100.0

@@ -1,0 +1,153 @@
+"""The Prefect UI in a real headless Chromium: the daily-session deployment's run form offers
+every registered model as a tab, a custom run with another model completes, and the run
+carries its tags and artifacts. Screenshots go to test-output/ui-browser/."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, PrefectServer, wait_until
+
+import models
+from tradeday.config import SessionConfig
+from tradeday.ledger import Ledger
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = Path("/usr/bin/chromium")
+# DESIGN.md: without the background-networking flags Chromium hammers the closed network
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+DAY = "2013-09-03"
+TIMEOUT_MS = 60_000
+SHOTS = ROOT / "test-output" / "ui-browser"
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Path:
+    """Debian's Chromium, installed by ``make chromium`` (what ``make test`` runs) if missing."""
+    if not CHROMIUM.exists() and shutil.which("make"):
+        subprocess.run(["make", "-C", str(ROOT), "chromium"], timeout=900, check=False)
+    if not CHROMIUM.exists():
+        pytest.skip(
+            f"{CHROMIUM} missing and `make chromium` could not install it "
+            "(needs root and apt-get with Debian's chromium package)"
+        )
+    return CHROMIUM
+
+
+@pytest.fixture
+def daily_session(served: PrefectServer, open_fixture, session_paths):
+    """The daily-session deployment, its parameters edited (as in the UI's "Edit") to replay
+    a recorded day into temp files; the edit is undone afterwards."""
+    with served.api() as api:
+        dep = api.get("/deployments/name/trading-session/daily-session").json()
+        replay = {
+            "config": {
+                "symbols": ["ES"],
+                "feed": {"source": "replay", "recording": str(open_fixture)},
+                **session_paths,
+            },
+            "session_date": DAY,
+        }
+        assert api.patch(f"/deployments/{dep['id']}", json={"parameters": replay}).is_success
+        try:
+            yield dep
+        finally:
+            api.patch(f"/deployments/{dep['id']}", json={"parameters": dep["parameters"]})
+
+
+def test_custom_run_with_another_model_from_the_ui(
+    chromium: Path, served: PrefectServer, daily_session: dict, session_paths
+):
+    from playwright.sync_api import expect, sync_playwright
+
+    titles = {
+        cls.model_config["title"]: cls.model_fields["name"].default
+        for cls in models.params_classes()
+    }
+    default_title = next(iter(titles))
+    other_title = list(titles)[1] if len(titles) > 1 else default_title
+    chosen = titles[other_title]
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=str(chromium), args=CHROMIUM_ARGS, headless=True, timeout=TIMEOUT_MS
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(f"{served.ui_url}/v2/deployments/deployment/{daily_session['id']}/run")
+            expect(page.get_by_text("Parameters", exact=True)).to_be_visible()
+            expect(page.locator('[data-slot="skeleton"]')).to_have_count(0)
+
+            if len(titles) > 1:  # every registered model is a tab of the model field
+                for title in titles:
+                    expect(page.get_by_role("tab", name=title, exact=True)).to_have_count(1)
+                page.get_by_role("tab", name=other_title, exact=True).click()
+                expect(page.get_by_role("tab", name=other_title, exact=True)).to_have_attribute(
+                    "aria-selected", "true"
+                )
+            else:  # one model only: change one of its params instead
+                page.get_by_role("spinbutton").first.fill("19")
+            page.screenshot(path=str(SHOTS / "1-run-form.png"))
+            with page.expect_response(
+                lambda r: r.url.endswith("/create_flow_run") and r.request.method == "POST"
+            ) as created:
+                page.get_by_role("button", name="Submit").click()
+            assert created.value.status == 201, created.value.text()
+            run = created.value.json()
+
+            with served.api() as api:
+                page.goto(f"{served.ui_url}/v2/runs/flow-run/{run['id']}")
+
+                def finished() -> dict | None:
+                    current = api.get(f"/flow_runs/{run['id']}").json()
+                    return (
+                        current
+                        if current["state_type"] in ("COMPLETED", "FAILED", "CRASHED")
+                        else None
+                    )
+
+                run = wait_until(finished, 240, "the custom run to finish", interval=1.0)
+                artifacts = api.post(
+                    "/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run["id"]]}}}
+                ).json()
+            page.reload()
+            expect(page.get_by_text("Completed").first).to_be_visible()
+            expect(page.get_by_text(f"{DAY}-{chosen}").first).to_be_visible()
+            page.screenshot(path=str(SHOTS / "2-run-completed.png"), full_page=True)
+        finally:
+            browser.close()
+    print(
+        f"\nbrowser test: form -> completed run in {time.monotonic() - t0:.1f} s; shots in {SHOTS}"
+    )
+
+    assert run["state_type"] == "COMPLETED", run["state"]
+    assert run["parameters"]["config"]["model"]["name"] == chosen
+    assert run["parameters"]["config"]["model"] != SessionConfig().model.model_dump(mode="json")
+    assert run["name"] == f"{DAY}-{chosen}"
+    assert {f"model:{chosen}", "feed:replay"} <= set(run["tags"])
+    by_key = {a["key"]: a for a in artifacts}
+    assert "file://" in by_key["session-summary"]["data"]
+    assert session_paths["report_path"] in by_key["session-summary"]["data"]
+    assert by_key["session-progress"]["data"] == 100
+    ledger = Ledger(session_paths["ledger_url"])
+    try:
+        (session,) = ledger.runs(DAY)
+        assert (session.model, session.status) == (chosen, "completed")
+        assert all(p.qty == 0 for p in ledger.positions(session.run_id))
+    finally:
+        ledger.close()
