@@ -1,0 +1,111 @@
+"""The hot path alone: decode → model → risk → broker → book on pre-encoded frames, no socket.
+
+The frames are the replay server's own bytes for the recorded day, handed to a real
+``TradingSession``'s decoder in a loop, so this is the CPU cost per trade of tradeday's
+code and nothing else (thread CPU time, so other processes on a shared machine barely
+move it): the figure to profile and optimise against, far steadier than a
+run over a websocket on a shared machine. ``json.loads``/``orjson.loads`` of the same
+frames are the yardsticks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+
+import orjson
+
+from benchmarks.common import (
+    ES_DAY,
+    Row,
+    es_window,
+    print_report,
+    quiet_logger,
+    session_config,
+    workdir,
+)
+from tradeday import recording
+from tradeday.replay.server import BLOCK
+from tradeday.replay.wire import Block, Format, join
+from tradeday.session import TradingSession
+
+
+def es_frames(per_frame: int, limit: int = 0) -> list[str]:
+    """The recorded day's regular-hours trades as JSON text frames, exactly as served."""
+    window = es_window()
+    table = recording.load(
+        recording.bundled(ES_DAY), start_ns=window.open_ns, end_ns=window.close_ns
+    )
+    if limit:
+        table = table.slice(0, limit)
+    items: list[bytes] = []
+    for start in range(0, len(table), BLOCK):
+        items += Block(table, start, min(start + BLOCK, len(table))).encoded(Format.JSON)
+    return [
+        join(items[i : i + per_frame], Format.JSON).decode()
+        for i in range(0, len(items), per_frame)
+    ]
+
+
+def per_trade_us(frames: list[str], trades: int, handle: Callable[[str], object]) -> float:
+    """CPU time of this thread per trade: time other processes take from us does not count."""
+    t0 = time.thread_time()
+    for raw in frames:
+        handle(raw)
+    return (time.thread_time() - t0) / trades * 1e6
+
+
+def session_decoder_us(frames: list[str], trades: int) -> float:
+    """One pass through a fresh session's decoder and engine (ledger never flushed)."""
+    with workdir() as tmp:
+        session = TradingSession(
+            session_config("ws://unused", tmp), es_window(), logger=quiet_logger()
+        )
+        try:
+            us = per_trade_us(frames, trades, session.decoder.feed)
+            if session.decoder.stats.trades != trades:
+                raise RuntimeError("the decoder dropped trades")
+        finally:
+            session.ledger.close()
+    return us
+
+
+def run(quick: bool = False, rounds: int = 5) -> list[Row]:
+    rounds = 1 if quick else rounds
+    frames = es_frames(100, 20_000 if quick else 0)
+    trades = sum(raw.count('"T":"t"') for raw in frames)
+    best: dict[str, float] = {}
+    for _ in range(rounds):  # interleaved, best of: the least disturbed pass of each
+        for name, fn in (
+            ("json.loads", lambda: per_trade_us(frames, trades, json.loads)),
+            ("orjson.loads", lambda: per_trade_us(frames, trades, orjson.loads)),
+            ("decoder + engine", lambda: session_decoder_us(frames, trades)),
+        ):
+            us = fn()
+            best[name] = min(us, best.get(name, us))
+    note = f"{trades:,} ES trades, 100/frame, no socket, best of {rounds}"
+    return [
+        Row("hot path", f"{name} per trade", us, "µs CPU", note=note) for name, us in best.items()
+    ] + [
+        Row(
+            "hot path",
+            "decoder + engine, trades/s",
+            1e6 / best["decoder + engine"],
+            "trades/s",
+            note="one core, no I/O",
+        )
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    print_report(run(args.quick, args.rounds))
+
+
+if __name__ == "__main__":
+    main()

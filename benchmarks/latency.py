@@ -1,0 +1,172 @@
+"""Latency at 5,000 trades/s over the websocket: frame receipt → order decision → simulated fill.
+
+A synthetic ES-like stream with trades 200 µs apart is played at speed 1.0 by the replay
+server (subprocess) into a real ``TradingSession``. Timing lives only in this benchmark:
+a ``StreamFeed`` subclass stamps each frame as cpquant hands it over (the feed's on-frame
+callback), a model wrapper stamps the moment the model returned for every trade, and the
+broker's execution queue stamps each fill as the simulated broker records it. Each
+trade's figure is measured from its own frame's receipt, so the trades queued behind it
+in the same frame count too (the table shows how many trades frames carry). The
+session's main thread flushes the ledger every second
+as usual: its GIL time is part of what the tail shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from array import array
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+from unittest import mock
+
+from benchmarks.common import (
+    Row,
+    ServerProcess,
+    es_window,
+    percentile,
+    print_report,
+    quiet_logger,
+    session_config,
+    silenced_stdout,
+    workdir,
+)
+from tradeday import session as session_module
+from tradeday.brokers.base import ExecType, Execution
+from tradeday.events import Order, Trade
+from tradeday.feed import StreamFeed
+from tradeday.session import TradingSession
+
+RATE = 5_000
+TARGET_P99_US = 100.0
+
+
+class Probe:
+    """Where the instrumented pieces leave their stamps (nanoseconds, perf_counter)."""
+
+    def __init__(self) -> None:
+        self.frame_ns = 0
+        self.active = True
+        self.decision = array("q")
+        self.fill = array("q")
+        self.frame_trades = array("q")
+
+
+def timed_feed(probe: Probe) -> type[StreamFeed]:
+    class TimedFeed(StreamFeed):
+        def _on_frame(self, raw: str | bytes) -> None:
+            probe.frame_ns = time.perf_counter_ns()
+            before = self.decoder.stats.trades
+            super()._on_frame(raw)
+            probe.frame_trades.append(self.decoder.stats.trades - before)
+
+    return TimedFeed
+
+
+class TimedModel:
+    """Wraps the session's model: stamps every trade's decision, passes everything through."""
+
+    def __init__(self, inner: Any, probe: Probe) -> None:
+        self.inner = inner
+        self.probe = probe
+
+    def on_trade(self, trade: Trade, position: int) -> Sequence[Order]:
+        orders = self.inner.on_trade(trade, position)
+        probe = self.probe
+        if probe.active:
+            probe.decision.append(time.perf_counter_ns() - probe.frame_ns)
+        return orders
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+class TimedExecutions(deque):
+    """The broker's execution queue, stamping each fill as the broker records it."""
+
+    def __init__(self, probe: Probe) -> None:
+        super().__init__()
+        self.probe = probe
+
+    def append(self, execution: Execution) -> None:
+        probe = self.probe
+        if probe.active and execution.kind is ExecType.FILL:
+            probe.fill.append(time.perf_counter_ns() - probe.frame_ns)
+        super().append(execution)
+
+
+def measure(seconds: float) -> tuple[Probe, dict[str, float]]:
+    trades = int(seconds * RATE)
+    probe = Probe()
+    with (
+        ServerProcess(
+            "synthetic", trades=trades, spacing_us=1e6 / RATE, speed=1.0, batch=100
+        ) as server,
+        workdir() as tmp,
+    ):
+        session = TradingSession(
+            session_config(server.url, tmp), es_window(), logger=quiet_logger()
+        )
+        session.engine.model = TimedModel(session.engine.model, probe)
+        session.broker.executions = TimedExecutions(probe)
+        t0 = time.monotonic()
+        try:
+            with (
+                mock.patch.object(session_module, "StreamFeed", timed_feed(probe)),
+                silenced_stdout(),
+            ):
+                session.run()
+            probe.active = False
+            assert session.feed is not None
+            elapsed = session.feed.last_frame - t0
+            frames = session.decoder.stats.frames
+            got = session.decoder.stats.trades
+        finally:
+            probe.active = False
+            session.shutdown("completed")
+            session.close()
+    if got != trades:
+        raise RuntimeError(f"latency run processed {got:,} of {trades:,} trades")
+    return probe, {"rate": got / elapsed, "per_frame": got / max(frames, 1)}
+
+
+def run(quick: bool = False) -> list[Row]:
+    probe, info = measure(1.0 if quick else 30.0)
+    rows = []
+    for name, values in (("decision", probe.decision), ("fill", probe.fill)):
+        us = sorted(v / 1000 for v in values)
+        note = f"{len(us):,} samples at {info['rate']:,.0f} trades/s, {info['per_frame']:.1f} trades/frame"
+        for q, label in ((50, "p50"), (99, "p99"), (99.9, "p99.9")):
+            value = percentile(us, q)
+            is_target = name == "decision" and label == "p99"
+            rows.append(
+                Row(
+                    "latency",
+                    f"frame → {name} {label}",
+                    value,
+                    "µs",
+                    f"< {TARGET_P99_US:.0f}" if is_target else "",
+                    (value < TARGET_P99_US) if is_target else None,
+                    note if label == "p50" else "",
+                )
+            )
+        rows.append(Row("latency", f"frame → {name} max", us[-1] if us else float("nan"), "µs"))
+    sizes = sorted(n for n in probe.frame_trades if n)
+    for q in (50, 99):
+        note = "a trade waits for those before it in its frame" if q == 99 else ""
+        rows.append(
+            Row("latency", f"trades per frame p{q}", percentile(sizes, q), "trades", note=note)
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="1 s of stream instead of 30 s")
+    args = parser.parse_args()
+    print_report(run(args.quick))
+
+
+if __name__ == "__main__":
+    main()
