@@ -5,8 +5,6 @@ Orchestration only. The flatten lives in this flow's own ``finally`` (not an
 cancel from the UI, a SIGTERM, the close and the end of a recording all end flat.
 """
 
-from __future__ import annotations
-
 from datetime import date
 
 from prefect import flow, get_run_logger
@@ -54,7 +52,7 @@ def trading_session(config: SessionConfig = SessionConfig(), session_date: date 
         if config.broker.kind == "alpaca" or config.feed.source != "replay"
         else None
     )
-    recover_crashed_runs(config, credentials)
+    recover_crashed_runs(config, credentials, by=f"the {day} {config.model.name} session's start")
     progress = SessionProgress(f"{day} {config.model.name}: share of the session done", logger)
     session = TradingSession(
         config,

@@ -13,10 +13,19 @@ from typing import ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-from tradeday.events import Bar, Order, Quote, SessionWindow, Trade
+from tradeday.events import Bar, Order, Quote, SessionWindow, Trade, buy, sell
 
 INTERFACE_VERSION = 1
 NO_ORDERS: tuple[Order, ...] = ()
+
+
+def move(symbol: str, delta: int, tag: str = "") -> Sequence[Order]:
+    """The one order that changes a position by ``delta`` (none for 0)."""
+    if delta > 0:
+        return (buy(symbol, delta, tag=tag),)
+    if delta < 0:
+        return (sell(symbol, -delta, tag=tag),)
+    return NO_ORDERS
 
 
 class ModelParams(BaseModel):

@@ -16,7 +16,13 @@ from typing import TypeVar
 from models.base import INTERFACE_VERSION, Model, ModelParams
 
 ENTRY_POINT_GROUP = "tradeday.models"
-BUILTIN_MODULES = ("models.volume_modulo",)
+BUILTIN_MODULES = (
+    "models.volume_modulo",
+    "models.opening_momentum",
+    "models.moody_trader",
+    "models.mean_reversion",
+    "models.ma_crossover",
+)
 
 _registry: dict[str, type[Model]] = {}
 _loaded = False
@@ -79,9 +85,16 @@ def names() -> list[str]:
 
 
 def params_classes() -> list[type[ModelParams]]:
-    """The registered models' params classes, in a stable order (the UI's tab order)."""
+    """The registered models' params classes, in a stable order (the UI's tab order).
+
+    Built-in models first, in ``BUILTIN_MODULES`` order (so the seed model is the default),
+    then entry-point models by name.
+    """
     _load()
-    builtin_first = sorted(
-        _registry.values(), key=lambda c: (not c.__module__.startswith("models."), model_name(c))
-    )
-    return [cls.params_class for cls in builtin_first]
+
+    def order(cls: type[Model]) -> tuple[int, str]:
+        module = cls.__module__
+        rank = BUILTIN_MODULES.index(module) if module in BUILTIN_MODULES else len(BUILTIN_MODULES)
+        return rank, model_name(cls)
+
+    return [cls.params_class for cls in sorted(_registry.values(), key=order)]

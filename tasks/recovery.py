@@ -12,12 +12,15 @@ from tradeday.session import Credentials, account_of, make_broker
 
 
 @task(name="recover", cache_policy=NO_CACHE)
-def recover_crashed_runs(config: SessionConfig, credentials: Credentials | None) -> list[dict]:
+def recover_crashed_runs(
+    config: SessionConfig, credentials: Credentials | None, by: str
+) -> list[dict]:
+    """``by`` names who recovers (e.g. "flatten-now"), for the crashed run's message."""
     logger = get_run_logger()
     ledger = Ledger(config.ledger_url)
     broker = make_broker(config, credentials)
     try:
-        done = recover(ledger, broker, account_of(config, credentials))
+        done = recover(ledger, broker, account_of(config, credentials), by=by)
     finally:
         broker.close()
         ledger.close()

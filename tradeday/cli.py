@@ -85,6 +85,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
   orders          {result["orders"]:,}
   fills           {result["fills"]:,}
   risk rejections {result["risk_rejections"]:,}
+  broker rejects  {result["counters"].get("rejections", 0):,}
   final position  {position}  ({flat})
   realized P&L    {result["realized"]:,.2f}
   net P&L         {result["net"]:,.2f}

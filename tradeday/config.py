@@ -61,7 +61,7 @@ class BrokerConfig(BaseModel):
     model_config = ConfigDict(FROZEN, title="Broker")
 
     kind: Literal["simulated", "alpaca"] = Field("simulated", title="Broker")
-    starting_cash: float = Field(1_000_000.0, gt=0, title="Starting cash")
+    starting_cash: float = Field(10_000_000.0, gt=0, title="Starting cash")
     latency_ms: float = Field(0.0, ge=0, title="Simulated latency (ms, tick time)")
     slippage_bps: float = Field(0.0, ge=0, title="Simulated slippage (bps)")
     commission_per_share: float = Field(0.0, ge=0, title="Commission per share")

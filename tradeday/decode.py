@@ -15,30 +15,35 @@ import orjson
 
 from tradeday.events import NS_PER_S, Bar, Quote, Trade
 
-_minute_cache: dict[str, int] = {}
+_second_cache: dict[str, int] = {}
+_NO_STAMP = object()
 
 
 def parse_rfc3339_ns(text: str) -> int:
     """``2013-09-03T13:30:00.083000000Z`` to UTC nanoseconds.
 
-    The date-hour-minute prefix repeats for every message of a minute, so it is parsed
-    once and cached; seconds and fraction are integer arithmetic. Alpaca always sends
-    UTC (``Z``); other offsets take the exact slow path.
+    The date-to-seconds prefix repeats for every message of a second, so it is parsed
+    once and cached; the fraction is integer arithmetic, shortest for the nine digits
+    Alpaca and the replay send. Alpaca always sends UTC (``Z``); other offsets take the
+    exact slow path.
     """
     if text[-1] != "Z":
         return _parse_with_offset(text)
-    prefix = text[:16]
-    base = _minute_cache.get(prefix)
+    prefix = text[:19]
+    base = _second_cache.get(prefix)
     if base is None:
-        base = int(datetime.fromisoformat(prefix + ":00+00:00").timestamp()) * NS_PER_S
-        if len(_minute_cache) > 4096:
-            _minute_cache.clear()
-        _minute_cache[prefix] = base
+        base = int(datetime.fromisoformat(text[:16] + ":00+00:00").timestamp()) * NS_PER_S
+        base += int(text[17:19]) * NS_PER_S
+        if len(_second_cache) > 4096:
+            _second_cache.clear()
+        _second_cache[prefix] = base
+    if len(text) == 30 and text[19] == ".":
+        return base + int(text[20:29])
     nanos = 0
     if len(text) > 21 and text[19] == ".":
         frac = text[20:-1][:9]
         nanos = int(frac) * 10 ** (9 - len(frac))
-    return base + int(text[17:19]) * NS_PER_S + nanos
+    return base + nanos
 
 
 def _parse_with_offset(text: str) -> int:
@@ -80,7 +85,9 @@ class Decoder:
     on_bar: Callable[[Bar], None]
     on_control: Callable[[dict], None]
     stats: DecodeStats = field(default_factory=DecodeStats)
-    _last_ts: dict[tuple[str, str], int] = field(default_factory=dict)
+    _last_ts: dict[str, dict[str, int]] = field(
+        default_factory=lambda: {"t": {}, "q": {}, "b": {}}
+    )  # per kind, per symbol
 
     def feed(self, raw: str | bytes) -> None:
         stats = self.stats
@@ -93,33 +100,44 @@ class Decoder:
         if not isinstance(messages, list):
             messages = [messages]
         last_ts = self._last_ts
+        last_trade = last_ts["t"]
+        on_trade = self.on_trade
+        # consecutive prints often share a timestamp (one order sweeping levels): parse once
+        stamp, stamp_ns = _NO_STAMP, 0
         for msg in messages:
             try:
                 kind = msg["T"]
                 if kind == "t":
-                    ts = parse_rfc3339_ns(msg["t"])
-                    key = ("t", msg["S"])
-                    if ts < last_ts.get(key, 0):
+                    if msg["t"] != stamp:
+                        stamp_ns = parse_rfc3339_ns(msg["t"])
+                        stamp = msg["t"]
+                    ts = stamp_ns
+                    symbol = msg["S"]
+                    if ts < last_trade.get(symbol, 0):
                         stats.out_of_order += 1
                         continue
-                    last_ts[key] = ts
+                    last_trade[symbol] = ts
+                    conditions = msg.get("c")
                     trade = Trade(
-                        msg["S"],
+                        symbol,
                         ts,
                         float(msg["p"]),
                         int(msg["s"]),
                         msg.get("x", ""),
-                        tuple(msg.get("c") or ()),
+                        tuple(conditions) if conditions else (),
                     )
                     stats.trades += 1
-                    self.on_trade(trade)
+                    on_trade(trade)
                 elif kind == "q":
-                    ts = parse_rfc3339_ns(msg["t"])
-                    key = ("q", msg["S"])
-                    if ts < last_ts.get(key, 0):
+                    if msg["t"] != stamp:
+                        stamp_ns = parse_rfc3339_ns(msg["t"])
+                        stamp = msg["t"]
+                    ts = stamp_ns
+                    symbol = msg["S"]
+                    if ts < last_ts["q"].get(symbol, 0):
                         stats.out_of_order += 1
                         continue
-                    last_ts[key] = ts
+                    last_ts["q"][symbol] = ts
                     quote = Quote(
                         msg["S"],
                         ts,
@@ -132,11 +150,11 @@ class Decoder:
                     self.on_quote(quote)
                 elif kind == "b":
                     ts = parse_rfc3339_ns(msg["t"])
-                    key = ("b", msg["S"])
-                    if ts < last_ts.get(key, 0):
+                    symbol = msg["S"]
+                    if ts < last_ts["b"].get(symbol, 0):
                         stats.out_of_order += 1
                         continue
-                    last_ts[key] = ts
+                    last_ts["b"][symbol] = ts
                     bar = Bar(
                         msg["S"],
                         ts,
@@ -145,8 +163,8 @@ class Decoder:
                         float(msg["l"]),
                         float(msg["c"]),
                         int(msg["v"]),
-                        int(msg.get("n", 0)),
-                        float(msg.get("vw", 0.0)),
+                        int(msg.get("n") or 0),  # the replay sends null when not recorded
+                        float(msg.get("vw") or 0.0),
                     )
                     stats.bars += 1
                     self.on_bar(bar)

@@ -19,7 +19,7 @@ from tradeday.book import Book
 from tradeday.brokers.base import Broker, BrokerOrder, ExecType, Execution
 from tradeday.events import Bar, Order, Quote, Side, Trade
 from tradeday.ledger import Batch
-from tradeday.risk import RiskGate
+from tradeday.risk import MINUTE_NS, RiskGate
 
 
 @dataclass
@@ -43,6 +43,7 @@ class Engine:
         *,
         model_name: str,
         stop_at_ns: int | None = None,
+        fills_on_tick_time: bool = False,
     ) -> None:
         self.run_id = run_id
         self.model = model
@@ -51,6 +52,8 @@ class Engine:
         self.risk = risk
         self.book = book
         self.stop_at_ns = stop_at_ns
+        # a real broker over a replay: its wall-clock fill times are years off the ticks
+        self.fills_on_tick_time = fills_on_tick_time
         self.clock = 0
         self.stats = EngineStats()
         self.stop_requested = threading.Event()
@@ -62,7 +65,12 @@ class Engine:
         self._dirty: set[str] = set()
         self._fills: deque[dict[str, Any]] = deque()
         self._risk_events: deque[dict[str, Any]] = deque()
+        self._marks: deque[dict[str, Any]] = deque()
+        self._next_minute_ns = 0  # end of the tick-time minute in progress (0: none yet)
+        self._marked_ns = -1  # start of the last minute whose marks are buffered
         self._lock = threading.Lock()
+        # the kill switch's net P&L moves only with a fill or a mark: check it only then
+        self._net_moved = True
 
     # -- market events (feed thread) ------------------------------------------------------
 
@@ -75,16 +83,42 @@ class Engine:
             return False
         if ts > self.clock:
             self.clock = ts
+            if ts >= self._next_minute_ns:
+                self._close_minute(ts)
         self.stats.events += 1
         return True
+
+    def _close_minute(self, ts: int) -> None:
+        """The first event of a new tick-time minute: buffer the marks the last one ended on.
+
+        Detected on tick time, not at the once-a-second flush, because a replay runs many
+        minutes per second; it costs one comparison per event.
+        """
+        with self._lock:
+            if self._next_minute_ns:
+                self._record_marks(self._next_minute_ns - MINUTE_NS)
+            self._next_minute_ns = ts - ts % MINUTE_NS + MINUTE_NS
+
+    def _record_marks(self, minute_ns: int) -> None:
+        if minute_ns <= self._marked_ns:
+            return
+        self._marked_ns = minute_ns
+        for symbol, price in self.book.marks.items():
+            self._marks.append(
+                {"run_id": self.run_id, "symbol": symbol, "ts": minute_ns, "price": price}
+            )
 
     def on_trade(self, trade: Trade) -> None:
         if not self._tick(trade.ts):
             return
         with self._lock:
-            self.book.marks[trade.symbol] = trade.price
+            if self.book.marks.get(trade.symbol) != trade.price:
+                self.book.marks[trade.symbol] = trade.price
+                self._net_moved = True
             self.broker.on_trade(trade)
             self._drain()
+            if self.halt_pending:
+                return  # the kill switch tripped: no more model orders today
             orders = self.model.on_trade(trade, self.book.qty(trade.symbol))
             if orders:
                 self._route(orders, trade.price)
@@ -96,6 +130,8 @@ class Engine:
         with self._lock:
             self.broker.on_quote(quote)
             self._drain()
+            if self.halt_pending:
+                return  # the kill switch tripped: no more model orders today
             orders = self.model.on_quote(quote, self.book.qty(quote.symbol))
             if orders:
                 mid = (quote.bid_price + quote.ask_price) / 2
@@ -106,9 +142,13 @@ class Engine:
         if not self._tick(bar.ts):
             return
         with self._lock:
-            self.book.marks[bar.symbol] = bar.close
+            if self.book.marks.get(bar.symbol) != bar.close:
+                self.book.marks[bar.symbol] = bar.close
+                self._net_moved = True
             self.broker.on_bar(bar)
             self._drain()
+            if self.halt_pending:
+                return  # the kill switch tripped: no more model orders today
             orders = self.model.on_bar(bar, self.book.qty(bar.symbol))
             if orders:
                 self._route(orders, bar.close)
@@ -173,8 +213,33 @@ class Engine:
         executions = self.broker.executions
         while executions:
             self._apply(executions.popleft())
-        if self.risk.check_loss():
-            self.halt_pending = True
+            self._net_moved = True
+        if self._net_moved:
+            self._net_moved = False
+            if self.risk.check_loss():
+                self._kill_switch()
+
+    def _kill_switch(self) -> None:
+        """Max daily loss reached: record it, flatten at once on tick time, stop for the day.
+
+        Flattening here, at the event that tripped it, rather than when the session's main
+        thread notices, makes the exit price the next tick's, identical in every replay.
+        """
+        reason = self.risk.halted_reason or "max_daily_loss"
+        self.halt_pending = True
+        self._risk_events.append(
+            {
+                "run_id": self.run_id,
+                "model": self.model_name,
+                "ts": self.clock,
+                "symbol": "",
+                "side": "",
+                "qty": 0,
+                "reason": f"kill switch: {reason}",
+            }
+        )
+        self._flatten_locked("kill switch")
+        self.request_stop(f"kill switch: {reason}")
 
     def _apply(self, ex: Execution) -> None:
         row = self._open.get(ex.client_order_id)
@@ -200,7 +265,7 @@ class Engine:
                     "qty": ex.qty,
                     "price": ex.price,
                     "fee": ex.fee,
-                    "ts": ex.ts,
+                    "ts": self.clock if self.fills_on_tick_time else ex.ts,
                 }
             )
             row["status"] = "filled" if filled >= row["qty"] else "partially_filled"
@@ -222,18 +287,23 @@ class Engine:
         Computed from the session's own book, never the broker's account view, so a
         session sharing an account closes only what it opened.
         """
-        sent: dict[str, int] = {}
         with self._lock:
             self._drain()
-            for symbol, qty in sorted(self.book.open_positions().items()):
-                pending = self.risk.pending.get(symbol, 0)
-                remaining = qty + pending
-                if remaining == 0:
-                    continue
-                side = Side.SELL if remaining > 0 else Side.BUY
-                self._send(Order(symbol, side, abs(remaining), tag="flatten"), purpose="flatten")
-                sent[symbol] = -remaining
-            self._drain()
+            return self._flatten_locked("flatten")
+
+    def _flatten_locked(self, tag: str) -> dict[str, int]:
+        """Offset the book plus what is still in flight, per symbol (caller holds the lock)."""
+        sent: dict[str, int] = {}
+        pending = self.risk.pending
+        symbols = set(self.book.open_positions()) | {s for s, q in pending.items() if q}
+        for symbol in sorted(symbols):
+            remaining = self.book.qty(symbol) + pending.get(symbol, 0)
+            if remaining == 0:
+                continue
+            side = Side.SELL if remaining > 0 else Side.BUY
+            self._send(Order(symbol, side, abs(remaining), tag=tag), purpose="flatten")
+            sent[symbol] = -remaining
+        self._drain()
         return sent
 
     def drain(self) -> None:
@@ -241,8 +311,14 @@ class Engine:
             self._drain()
 
     def take_batch(self, *, positions: bool = False) -> Batch:
-        """Everything to write since the last call; terminal orders leave memory once taken."""
+        """Everything to write since the last call; terminal orders leave memory once taken.
+
+        ``positions=True`` is the session's final flush: it also closes the current
+        minute's marks, so the last equity row includes the flatten.
+        """
         with self._lock:
+            if positions and self._next_minute_ns:
+                self._record_marks(self._next_minute_ns - MINUTE_NS)
             batch = Batch()
             new_ids = set()
             while self._new_orders:
@@ -273,6 +349,8 @@ class Engine:
                 batch.fills.append(self._fills.popleft())
             while self._risk_events:
                 batch.risk_events.append(self._risk_events.popleft())
+            while self._marks:
+                batch.marks.append(self._marks.popleft())
             if positions or batch.fills:
                 batch.positions = [
                     {

@@ -14,6 +14,7 @@ module keeps using that client for real and works around each of those:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -204,13 +205,23 @@ class StreamFeed:
             log.warning("feed: %s", text)
 
     def _subscribe(self, client: Any) -> None:
-        trades, quotes, bars = self.kinds
-        if trades:
-            client.subscribe_trades(self.symbols)
-        if quotes:
-            client.subscribe_quotes(self.symbols)
-        if bars:
-            client.subscribe_bars(self.symbols, "1Min")
+        """Every kind in one subscribe message, on cpquant's socket.
+
+        cpquant's ``subscribe_trades``/``_quotes``/``_bars`` send one message each, and a
+        replay starts its tape at the first subscription: a bars-only recording could be
+        over before the bars subscription arrived. Alpaca accepts them in one message.
+        """
+        message: dict[str, Any] = {"action": "subscribe"}
+        for kind, wanted, subscribed in zip(
+            ("trades", "quotes", "bars"),
+            self.kinds,
+            (client.curr_trades, client.curr_quotes, client.curr_bars),
+            strict=True,
+        ):
+            if wanted:
+                message[kind] = list(self.symbols)
+                subscribed.extend(self.symbols)
+        client.socket.send(json.dumps(message))
 
     def _run(self) -> None:
         attempt = 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -256,16 +256,13 @@ class Ledger:
         with Session(self.engine) as s:
             return list(s.scalars(select(PositionRow).where(PositionRow.run_id == run_id)))
 
-    def unfinished_runs(
-        self, broker: str, account: str, exclude: Iterable[str] = ()
-    ) -> list[RunRow]:
+    def unfinished_runs(self, broker: str, account: str) -> list[RunRow]:
         """Runs on this broker account still marked running: live elsewhere, or crashed."""
         stmt = select(RunRow).where(
             RunRow.status.in_(LIVE_STATUSES), RunRow.broker == broker, RunRow.account == account
         )
-        excluded = set(exclude)
         with Session(self.engine) as s:
-            return [r for r in s.scalars(stmt) if r.run_id not in excluded]
+            return list(s.scalars(stmt))
 
     def set_status(self, run_ids: Sequence[str], status: str, message: str, ended_ns: int) -> None:
         with Session(self.engine) as s, s.begin():

@@ -1,8 +1,15 @@
 """The risk gate between a model and its broker.
 
-Every order a model returns passes :meth:`RiskGate.check`; a rejection is a reason
-string that the engine records and counts. All limits run on tick time, so a replay
-rejects exactly what the same day live would have.
+Every order a model returns passes :meth:`RiskGate.check`; a refusal is a reason string
+that starts with the name of the limit it crossed (a :class:`~tradeday.config.RiskLimits`
+field), which the engine records as a risk event and :attr:`RiskGate.counts` counts. All
+limits run on tick time, so a replay refuses exactly what the same day live would have.
+
+Exposure counts orders still in flight as if filled: the book's position plus what is
+pending, per symbol, valued at the last mark. An order that does not increase its
+symbol's absolute exposure is never refused by the position, notional or capital limits,
+so a model can always get out. The kill switch (:meth:`RiskGate.check_loss`) halts the
+gate for the rest of the day; the engine then flattens and stops.
 """
 
 from __future__ import annotations
@@ -22,41 +29,62 @@ class RiskGate:
         self.book = book
         self.pending: dict[str, int] = {}
         self.halted_reason: str | None = None
+        self.counts: dict[str, int] = {}
         self._recent: deque[int] = deque()
 
     def check(self, order: Order, price: float, ts: int) -> str | None:
-        """``None`` to accept, else why the order is refused."""
+        """``None`` to accept (and count the order for the rate limit), else why not."""
+        reason = self._refusal(order, price, ts)
+        if reason is None:
+            self._recent.append(ts)
+        else:
+            limit = reason.split(":", 1)[0]
+            self.counts[limit] = self.counts.get(limit, 0) + 1
+        return reason
+
+    def _refusal(self, order: Order, price: float, ts: int) -> str | None:
         lim = self.limits
         if self.halted_reason is not None:
-            return f"trading halted: {self.halted_reason}"
+            return f"halted: {self.halted_reason}"
         if order.qty <= 0:
-            return f"quantity {order.qty} is not positive"
+            return f"invalid_qty: quantity {order.qty} is not positive"
         if order.qty > lim.max_order_qty:
-            return f"quantity {order.qty} > max_order_qty {lim.max_order_qty}"
+            return f"max_order_qty: quantity {order.qty} > {lim.max_order_qty}"
         recent = self._recent
         while recent and recent[0] <= ts - MINUTE_NS:
             recent.popleft()
         if len(recent) >= lim.max_orders_per_minute:
-            return f"more than max_orders_per_minute {lim.max_orders_per_minute}"
+            return (
+                f"max_orders_per_minute: {len(recent)} orders in the last minute "
+                f"(limit {lim.max_orders_per_minute})"
+            )
         symbol = order.symbol
-        signed = order.signed_qty
         current = self.book.qty(symbol) + self.pending.get(symbol, 0)
-        after = current + signed
-        if abs(after) > lim.max_position and abs(after) > abs(current):
-            return f"position {after} would exceed max_position {lim.max_position}"
-        if abs(after) > abs(current):
-            added = (abs(after) - abs(current)) * price
-            gross = self.book.gross_exposure() + self._pending_notional() + added
-            if gross > lim.max_gross_notional:
-                return f"gross notional {gross:,.2f} would exceed max_gross_notional {lim.max_gross_notional:,.2f}"
-            if gross > lim.capital:
-                return f"notional {gross:,.2f} would exceed allocated capital {lim.capital:,.2f}"
-        recent.append(ts)
+        after = current + order.signed_qty
+        if abs(after) <= abs(current):
+            return None
+        if abs(after) > lim.max_position:
+            return f"max_position: position {after} would exceed {lim.max_position}"
+        gross = self._exposure_without(symbol) + abs(after) * price
+        if gross > lim.max_gross_notional:
+            return (
+                f"max_gross_notional: gross {gross:,.2f} would exceed {lim.max_gross_notional:,.2f}"
+            )
+        budget = lim.capital + self.book.net()
+        if gross > budget:
+            return (
+                f"capital: gross {gross:,.2f} would exceed allocated capital plus the day's "
+                f"P&L ({budget:,.2f})"
+            )
         return None
 
-    def _pending_notional(self) -> float:
+    def _exposure_without(self, symbol: str) -> float:
+        """Gross exposure of every other symbol, in-flight orders included, at the marks."""
         marks = self.book.marks
-        return sum(abs(q) * marks.get(s, 0.0) for s, q in self.pending.items())
+        held = {s: p.qty for s, p in self.book.positions.items()}
+        for s, q in self.pending.items():
+            held[s] = held.get(s, 0) + q
+        return sum(abs(q) * marks.get(s, 0.0) for s, q in held.items() if s != symbol)
 
     def order_sent(self, order: Order) -> None:
         self.pending[order.symbol] = self.pending.get(order.symbol, 0) + order.signed_qty
@@ -68,6 +96,10 @@ class RiskGate:
     def check_loss(self) -> bool:
         """Trip the kill switch when the day's net loss passes the limit; True when it trips now."""
         if self.halted_reason is None and self.book.net() < -self.limits.max_daily_loss:
-            self.halted_reason = f"max_daily_loss {self.limits.max_daily_loss:,.2f} reached"
+            self.halted_reason = (
+                f"max_daily_loss: net {self.book.net():,.2f} is below "
+                f"-{self.limits.max_daily_loss:,.2f}"
+            )
+            self.counts["max_daily_loss"] = 1
             return True
         return False

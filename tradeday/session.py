@@ -10,6 +10,7 @@ and records the outcome, well within Prefect's 30 s grace period.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 import uuid
@@ -80,7 +81,8 @@ def account_of(config: SessionConfig, credentials: Credentials | None) -> str:
     if config.broker.kind == "simulated":
         return "simulated"
     assert credentials is not None
-    return f"{config.broker.alpaca_url}#{credentials.key_id[:6]}"
+    digest = hashlib.sha256(credentials.key_id.encode()).hexdigest()[:12]
+    return f"{config.broker.alpaca_url}#{digest}"
 
 
 def make_broker(config: SessionConfig, credentials: Credentials | None) -> Broker:
@@ -136,6 +138,7 @@ class TradingSession:
             self.book,
             model_name=self.model_name,
             stop_at_ns=self.stop_at_ns,
+            fills_on_tick_time=self.replay and config.broker.kind != "simulated",
         )
         self.decoder = Decoder(
             self.engine.on_trade, self.engine.on_quote, self.engine.on_bar, self._on_control
@@ -147,6 +150,7 @@ class TradingSession:
         self.status = "running"
         self.message = ""
         self._finished = False
+        self.started_ns = time.time_ns()
         self.ledger.start_run(
             run_id=self.run_id,
             session_date=self.day,
@@ -158,7 +162,7 @@ class TradingSession:
             account=self.account,
             deployment=deployment,
             flow_run_id=flow_run_id,
-            started_ns=time.time_ns(),
+            started_ns=self.started_ns,
             heartbeat_ns=time.time_ns(),
             counters={},
         )
@@ -271,13 +275,6 @@ class TradingSession:
             if not self.replay and time.time_ns() >= self.stop_at_ns:
                 self.engine.request_stop("close")
                 break
-            if self.engine.halt_pending:
-                self.log.error(
-                    "kill switch: %s; flattening and stopping for the day",
-                    self.engine.risk.halted_reason,
-                )
-                self.engine.request_stop(f"kill switch: {self.engine.risk.halted_reason}")
-                break
             if self.feed.seconds_since_frame() > cfg.feed.stale_after_s and self._market_hours():
                 self.feed.force_reconnect(f"no data for {cfg.feed.stale_after_s:.0f} s")
                 self.feed.last_frame = time.monotonic()
@@ -287,6 +284,8 @@ class TradingSession:
             if now - last_beat >= cfg.heartbeat_seconds:
                 self.log.info("heartbeat: %s", self._heartbeat())
                 last_beat = now
+        if self.engine.halt_pending:  # the engine flattened at the trip and asked to stop
+            self.log.error("kill switch: %s; stopped for the day", self.engine.risk.halted_reason)
 
     def _market_hours(self) -> bool:
         if self.replay:
@@ -319,6 +318,7 @@ class TradingSession:
             "fills": e.fills,
             "rejections": e.rejections,
             "risk_rejections": e.risk_rejections,
+            "risk_rejections_by_limit": dict(self.engine.risk.counts),
         }
 
     def _heartbeat(self) -> str:
@@ -349,25 +349,28 @@ class TradingSession:
             self.feed.stop()
         if self._server is not None:
             self._server.stop()
-        self.engine.drain()
+        deadline = time.monotonic() + FLATTEN_TIMEOUT_S
+        self.broker.flush(self.engine.clock)  # a simulator settles what it still holds
+        self._settle(deadline)  # a real broker's in-flight orders land before we offset
         sent = self.engine.flatten()
         if sent:
             self.log.info("flatten: sent %s", sent)
         self.broker.flush(self.engine.clock)
-        deadline = time.monotonic() + FLATTEN_TIMEOUT_S
-        while (
-            self.engine.open_orders() or self.book.open_positions()
-        ) and time.monotonic() < deadline:
-            time.sleep(0.05)
-            self.engine.drain()
-        left = self.book.open_positions()
+        self._settle(deadline, flat=True)
         self.status = status
         reason = self.engine.stop_reason
         self.message = message or (f"ended at {reason}" if reason else status)
+        if self.config.broker.owns_account and self.config.broker.kind == "alpaca":
+            self.message += self._close_account(deadline)
+        left = self.book.open_positions()
         if left:
             self.status = "failed" if status == "completed" else status
             self.message += f"; NOT FLAT after {FLATTEN_TIMEOUT_S:.0f} s: {left}"
             self.log.error("positions left open: %s", left)
+        elif self.config.broker.kind == "alpaca" and (stray := self._left_at_broker()):
+            self.status = "failed" if status == "completed" else status
+            self.message += f"; the broker still has this session's {stray}"
+            self.log.error("left at the broker: %s", stray)
         self.flush(positions=True)
         self.ledger.finish_run(
             self.run_id, self.status, self.message, time.time_ns(), self.counters()
@@ -381,6 +384,55 @@ class TradingSession:
             self._heartbeat(),
         )
         return self.result()
+
+    def _settle(self, deadline: float, *, flat: bool = False) -> None:
+        """Wait (until ``deadline``) for no order in flight and, with ``flat``, no position."""
+        while (
+            self.engine.open_orders() or (flat and self.book.open_positions())
+        ) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            self.engine.drain()
+
+    def _close_account(self, deadline: float) -> str:
+        """A session that owns its Alpaca account closes everything else in it too.
+
+        ``DELETE /v2/positions?cancel_orders=true`` after this session's own flatten, so
+        its own positions still close with its own, recorded orders.
+        """
+        from tradeday.brokers.alpaca import AlpacaError, AlpacaPaperBroker
+
+        assert isinstance(self.broker, AlpacaPaperBroker)
+        try:
+            statuses = self.broker.close_all_positions()
+            left = self.broker.wait_until_flat(timeout=max(1.0, deadline - time.monotonic()))
+        except AlpacaError as err:  # shutdown must still record the run
+            return self._account_not_flat(str(err))
+        if not left.flat:
+            return self._account_not_flat(str(left))
+        self.log.warning("owns the account: closed every position in it: %s", statuses or "none")
+        return f"; closed the whole account ({len(statuses)} positions)" if statuses else ""
+
+    def _account_not_flat(self, what: str) -> str:
+        self.status = "failed" if self.status == "completed" else self.status
+        self.log.error("owns the account, but it is not flat: %s", what)
+        return f"; account NOT FLAT after close-all: {what}"
+
+    def _left_at_broker(self) -> str:
+        """Ask the broker, not the book: this session's open orders and net filled position."""
+        from tradeday.brokers.alpaca import AlpacaError, AlpacaPaperBroker
+
+        assert isinstance(self.broker, AlpacaPaperBroker)
+        try:
+            mine = self.broker.orders_of(f"{self.run_id}-", since_ns=self.started_ns)
+        except AlpacaError as err:  # shutdown must still record the run
+            return f"unverified orders ({err})"
+        net: dict[str, int] = {}
+        for order in mine:
+            net[order.symbol] = net.get(order.symbol, 0) + order.signed_filled
+        working = sorted(o.client_order_id for o in mine if o.working)
+        held = {s: q for s, q in net.items() if q}
+        parts = [f"open orders {working}"] if working else []
+        return ", ".join(parts + ([f"positions {held}"] if held else []))
 
     def result(self) -> SessionResult:
         c = self.counters()

@@ -118,6 +118,30 @@ class Leftovers:
         return not self.positions and not self.open_orders
 
 
+@dataclass(frozen=True, slots=True)
+class AccountOrder:
+    """One order as Alpaca has it now: what recovery and the end-of-session check read."""
+
+    client_order_id: str
+    broker_order_id: str
+    symbol: str
+    side: Side
+    qty: int
+    filled_qty: int
+    filled_avg_price: float
+    status: str
+    submitted_ns: int
+    updated_ns: int
+
+    @property
+    def working(self) -> bool:
+        return OrderStatus(self.status) not in _TERMINAL
+
+    @property
+    def signed_filled(self) -> int:
+        return self.filled_qty if self.side is Side.BUY else -self.filled_qty
+
+
 @dataclass(slots=True)
 class _Tracked:
     """What this broker knows of one order; mutated only under the broker's lock."""
@@ -407,6 +431,55 @@ class AlpacaPaperBroker(Broker):
                     log.warning("not flat after %.1fs: %s", timeout, left)
                 return left
             time.sleep(min(self.poll_interval, remaining))
+
+    def orders_of(self, prefix: str, since_ns: int) -> list[AccountOrder]:
+        """Every order of the account whose ``client_order_id`` starts with ``prefix``.
+
+        A run's ids are ``<run_id>-<n>``, so ``prefix=run_id + "-"`` is everything a run sent,
+        including orders sent just before a crash that its ledger never recorded. Pages
+        through ``GET /v2/orders?status=all`` from ``since_ns`` (wall clock, minus a second),
+        oldest first; the pages overlap by a microsecond and repeats are dropped.
+        """
+        since = datetime.fromtimestamp(since_ns / 1e9, UTC) - timedelta(seconds=1)
+        seen: dict[str, AccountOrder] = {}
+        while True:
+            request = GetOrdersRequest(
+                status=QueryOrderStatus.ALL,
+                after=since,
+                direction=Sort.ASC,
+                limit=_MAX_ORDERS_PER_PAGE,
+            )
+            page = self._sync("GET /v2/orders", lambda c, r=request: c.get_orders(r))
+            for order in page:
+                cid = order.client_order_id
+                if cid.startswith(prefix) and str(order.id) not in seen:
+                    seen[str(order.id)] = AccountOrder(
+                        client_order_id=cid,
+                        broker_order_id=str(order.id),
+                        symbol=str(order.symbol),
+                        side=Side(OrderSide(order.side).value),
+                        qty=int(_decimal(order.qty)),
+                        filled_qty=int(_decimal(order.filled_qty)),
+                        filled_avg_price=float(_decimal(order.filled_avg_price)),
+                        status=OrderStatus(order.status).value,
+                        submitted_ns=datetime_to_ns(order.submitted_at),
+                        updated_ns=datetime_to_ns(order.updated_at),
+                    )
+            following = page[-1].submitted_at - timedelta(microseconds=1) if page else since
+            if len(page) < _MAX_ORDERS_PER_PAGE or following <= since:
+                return sorted(seen.values(), key=lambda o: (o.submitted_ns, o.client_order_id))
+            since = following
+
+    def cancel(self, broker_order_id: str) -> None:
+        """Ask Alpaca to cancel an order (``DELETE /v2/orders/{id}``); one that already ended is fine."""
+        try:
+            self._sync(
+                f"DELETE order {broker_order_id}",
+                lambda c: c.cancel_order_by_id(broker_order_id),
+            )
+        except AlpacaError as err:
+            if err.status != 422:  # 422: already filled or canceled
+                raise
 
     # ----------------------------------------------------------------- worker thread
 

@@ -1,0 +1,187 @@
+"""A whole session with ``broker.kind="alpaca"``: real Prefect flow runs, the replay feed over
+a real websocket, and orders over real HTTP to the project's Alpaca-compatible test server
+(tradeday.brokers.alpaca_testserver), through alpaca-py's TradingClient."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alpaca.trading.client import TradingClient
+from alpaca.trading.enums import OrderSide, TimeInForce
+from alpaca.trading.requests import MarketOrderRequest
+
+from flows.session import trading_session
+from tradeday import recording
+from tradeday.brokers.alpaca_testserver import AlpacaTestServer
+from tradeday.config import parse_session_config
+from tradeday.ledger import Ledger
+from tradeday.session import Credentials, account_of
+
+DAY = date(2013, 9, 3)
+KEY, SECRET = "PKSESSIONTEST01", "session-test-secret"
+PRICE = 1646.5
+FIXTURE = (
+    Path(__file__).resolve().parent / "fixtures" / "es-2013-09-03-open.parquet"
+)  # 5,000 trades
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
+
+
+@pytest.fixture
+def keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("APCA_API_KEY_ID", KEY)
+    monkeypatch.setenv("APCA_API_SECRET_KEY", SECRET)
+
+
+@pytest.fixture
+def server() -> Iterator[AlpacaTestServer]:
+    srv = AlpacaTestServer(
+        key_id=KEY, secret_key=SECRET, fill_price={"ES": PRICE}, buying_power=1e9, allow_short=True
+    )
+    yield srv
+    srv.stop()
+
+
+def config(server: AlpacaTestServer, rec: Path, session_paths: dict, **broker: Any):
+    return parse_session_config(
+        {
+            "model": {"name": "volume_modulo"},
+            "symbols": ["ES"],
+            "feed": {"recording": str(rec)},
+            "broker": {"kind": "alpaca", "alpaca_url": server.url, **broker},
+            **session_paths,
+        }
+    )
+
+
+def model_sides(rec: Path) -> list[str]:
+    """volume_modulo's orders, from the recording's sizes alone."""
+    sizes = recording.load(rec, kinds=["t"]).column("size").to_pylist()
+    return ["sell" if s % 17 == 0 else "buy" for s in sizes if s % 17 == 0 or s % 31 == 0]
+
+
+def buy_foreign(server: AlpacaTestServer, qty: int) -> None:
+    """Another model's position in the same account, placed straight through alpaca-py."""
+    client = TradingClient(KEY, SECRET, paper=True, url_override=server.url)
+    client.submit_order(
+        MarketOrderRequest(
+            symbol="ES",
+            qty=qty,
+            side=OrderSide.BUY,
+            time_in_force=TimeInForce.DAY,
+            client_order_id="other-model-1",
+        )
+    )
+
+
+def signed(orders: list[dict], prefix: str) -> int:
+    return sum(
+        int(o["filled_qty"]) * (1 if o["side"] == "buy" else -1)
+        for o in orders
+        if o["client_order_id"].startswith(prefix)
+    )
+
+
+def test_session_trades_through_alpaca_and_flattens_only_its_own_positions(
+    keys, server, session_paths
+):
+    buy_foreign(server, 7)
+    result = trading_session(config=config(server, FIXTURE, session_paths), session_date=DAY)
+
+    assert (result["status"], result["final_positions"]) == ("completed", {})
+    run_id = result["run_id"]
+    sides = model_sides(FIXTURE)
+    net = sum(5 if s == "buy" else -5 for s in sides)
+    at_server = [o for o in server.orders if o["client_order_id"].startswith(f"{run_id}-")]
+    # deterministic ids: the run, then the sequence; the model's orders, then one flatten
+    assert [o["client_order_id"] for o in at_server] == [
+        f"{run_id}-{n}" for n in range(1, len(sides) + 2)
+    ]
+    assert [o["side"] for o in at_server] == [*sides, "buy" if net < 0 else "sell"]
+    assert [int(o["qty"]) for o in at_server] == [5] * len(sides) + [abs(net)]
+    assert all(o["status"] == "filled" for o in at_server)
+    assert signed(server.orders, f"{run_id}-") == 0  # nothing of the session's is left
+    assert server.positions == {"ES": 7}  # the other model's position is untouched
+    assert ("DELETE", "/v2/positions") not in server.requests
+
+    ledger = Ledger(session_paths["ledger_url"])
+    orders = ledger.orders(run_id)
+    fills = ledger.fills(run_id)
+    run = ledger.run(run_id)
+    ledger.close()
+    assert sorted(o.client_order_id for o in orders) == sorted(
+        o["client_order_id"] for o in at_server
+    )
+    assert all(o.status == "filled" and o.avg_fill_price == PRICE for o in orders)
+    assert sum(f.qty if f.side == "buy" else -f.qty for f in fills) == 0
+    cfg = config(server, FIXTURE, session_paths)
+    assert (run.broker, run.account) == ("alpaca", account_of(cfg, Credentials(KEY, SECRET)))
+
+
+def test_a_session_that_owns_the_account_closes_everything_in_it(keys, server, session_paths):
+    buy_foreign(server, 7)
+    result = trading_session(
+        config=config(server, FIXTURE, session_paths, owns_account=True), session_date=DAY
+    )
+    assert (result["status"], result["final_positions"]) == ("completed", {})
+    assert result["message"] == "ended at end of data; closed the whole account (1 positions)"
+    # its own positions closed with its own orders first, then DELETE /v2/positions
+    assert signed(server.orders, f"{result['run_id']}-") == 0
+    assert ("DELETE", "/v2/positions") in server.requests
+    assert server.positions == {}
+
+
+def test_refusals_403_are_recorded_as_rejections(keys, session_paths):
+    lots = 1  # buying power for one buy of 5; no shorting
+    with AlpacaTestServer(
+        key_id=KEY, secret_key=SECRET, fill_price={"ES": PRICE}, buying_power=lots * 5 * PRICE
+    ) as server:
+        result = trading_session(config=config(server, FIXTURE, session_paths), session_date=DAY)
+    # the test server's rules, replayed independently: cash for buys, shares for sells
+    cash, held, expected = lots * 5 * PRICE, 0, []
+    for side in model_sides(FIXTURE):
+        if side == "buy" and cash >= 5 * PRICE:
+            cash, held = cash - 5 * PRICE, held + 5
+            expected.append(("buy", "filled", ""))
+        elif side == "buy":
+            expected.append(("buy", "rejected", "insufficient buying power"))
+        elif held >= 5:
+            cash, held = cash + 5 * PRICE, held - 5
+            expected.append(("sell", "filled", ""))
+        else:
+            expected.append(
+                (
+                    "sell",
+                    "rejected",
+                    f"insufficient qty available for order (requested: 5, available: {held})",
+                )
+            )
+    if held:
+        expected.append(("sell", "filled", ""))  # the flatten
+    rejected = sum(1 for e in expected if e[1] == "rejected")
+    assert rejected > 10 and any(e[0] == "buy" and e[1] == "rejected" for e in expected)
+
+    ledger = Ledger(session_paths["ledger_url"])
+    orders = ledger.orders(result["run_id"])
+    ledger.close()
+    seq = sorted(orders, key=lambda o: int(o.client_order_id.rsplit("-", 1)[1]))
+    assert [(o.side, o.status, o.reason) for o in seq] == expected
+    assert result["counters"]["rejections"] == rejected
+    assert (result["status"], result["final_positions"]) == ("completed", {})
+
+
+def test_refusals_422_are_recorded_as_rejections(keys, session_paths):
+    with AlpacaTestServer(key_id=KEY, secret_key=SECRET, fill_price={"SPY": 400.0}) as server:
+        result = trading_session(config=config(server, FIXTURE, session_paths), session_date=DAY)
+        assert server.orders == []  # ES is not an asset there: nothing was booked
+    ledger = Ledger(session_paths["ledger_url"])
+    orders = ledger.orders(result["run_id"])
+    ledger.close()
+    assert len(orders) == len(model_sides(FIXTURE))
+    assert {(o.status, o.reason) for o in orders} == {("rejected", "asset 'ES' not found")}
+    assert result["counters"]["rejections"] == len(orders)
+    assert (result["status"], result["fills"], result["final_positions"]) == ("completed", 0, {})

@@ -1,0 +1,230 @@
+"""Run a model over a recorded day without a feed, a server or Prefect.
+
+It drives the same :class:`~tradeday.engine.Engine`, risk gate, simulated broker and book
+a session uses, over the same events the replay server would stream for that day (the
+session's window, the session's subscriptions), stops at the same time, and flattens the
+same way, so its orders and fills are what a replay session with the same parameters
+produces. Use it to test a model on recorded data (docs/models.md)::
+
+    from tradeday import backtest
+
+    result = backtest.run({"name": "ma_crossover", "fast_window": 5}, "2023-01-09", ["AAPL"])
+    for order in result.orders:
+        print(order["time"], order["side"], order["qty"], order["symbol"], order["tag"])
+    print(result.book.net())
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+import models
+from models.base import ModelParams
+from tradeday import recording as recordings
+from tradeday.book import Book
+from tradeday.brokers.simulated import SimulatedBroker
+from tradeday.calendar import session_window
+from tradeday.config import SessionConfig, parse_session_config
+from tradeday.engine import Engine, EngineStats
+from tradeday.events import NS_PER_S, Bar, Quote, SessionWindow, Trade, ns_to_datetime
+from tradeday.risk import RiskGate
+
+RUN_ID = "backtest"
+
+
+@dataclass
+class BacktestResult:
+    """What a session would have written to the ledger, plus the final book."""
+
+    config: SessionConfig
+    window: SessionWindow
+    orders: list[dict[str, Any]]
+    fills: list[dict[str, Any]]
+    risk_events: list[dict[str, Any]]
+    book: Book
+    stats: EngineStats
+    stop_reason: str
+
+    def model_orders(self) -> list[tuple[str, str, int, int]]:
+        """(symbol, side, qty, tick time ns) of the model's own orders, in the order sent."""
+        return [
+            (o["symbol"], o["side"], o["qty"], o["ts"])
+            for o in self.orders
+            if o["purpose"] == "model"
+        ]
+
+
+def run(
+    model: ModelParams | dict[str, Any] | str,
+    day: date | str,
+    symbols: Sequence[str] | None = None,
+    *,
+    recording: str | Path | None = None,
+    risk: dict[str, Any] | None = None,
+    broker: dict[str, Any] | None = None,
+    close_buffer_minutes: float = 5.0,
+    warmup: Sequence[Bar] = (),
+) -> BacktestResult:
+    """Trade ``day`` of ``recording`` (default: the bundled one holding the day).
+
+    ``model`` is a model's params, or their dict, or just a model name; ``symbols``
+    default to every symbol the recording has that day; ``risk``/``broker`` are the
+    session's ``risk``/``broker`` parameters (simulated only). Parameters are validated
+    exactly as a session's are: a bad one raises :class:`~tradeday.config.ConfigError`
+    naming the field. ``warmup`` bars go to the model's ``warmup`` before the open.
+    """
+    day = date.fromisoformat(day) if isinstance(day, str) else day
+    window = session_window(day)
+    path = Path(recording) if recording is not None else recordings.bundled(day)
+    if symbols is None:
+        table = recordings.load(path, start_ns=window.open_ns, end_ns=window.close_ns)
+        symbols = sorted(set(table.column("symbol").to_pylist()))
+    raw_model: Any = {"name": model} if isinstance(model, str) else model
+    config = parse_session_config(
+        {
+            "model": raw_model,
+            "symbols": list(symbols),
+            "feed": {"recording": str(path)},
+            "broker": broker or {},
+            "risk": risk or {},
+            "close_buffer_minutes": close_buffer_minutes,
+        }
+    )
+    return run_config(config, window, warmup=warmup)
+
+
+def run_config(
+    config: SessionConfig, window: SessionWindow, *, warmup: Sequence[Bar] = ()
+) -> BacktestResult:
+    """:func:`run` for a whole session parameter object and a market window."""
+    b = config.broker
+    if b.kind != "simulated":
+        raise ValueError(
+            "a backtest trades with the simulated broker; broker.kind must be 'simulated'"
+        )
+    path = Path(config.feed.recording) if config.feed.recording else recordings.bundled(window.day)
+    book = Book(b.starting_cash)
+    broker = SimulatedBroker(b.starting_cash, b.latency_ms, b.slippage_bps, b.commission_per_share)
+    model = models.get(config.model.name)(config.model, config.symbols)
+    engine = Engine(
+        RUN_ID,
+        model,
+        broker,
+        RiskGate(config.risk, book),
+        book,
+        model_name=config.model.name,
+        stop_at_ns=window.close_ns - int(config.close_buffer_minutes * 60 * NS_PER_S),
+    )
+    if warmup:
+        model.warmup(warmup)
+    model.on_start(window)
+    # what a session subscribes to: trades; quotes for the simulator; bars if the model uses them
+    kinds = ["t", "q"] + (["b"] if _overrides(model, "on_bar") else [])
+    table = recordings.load(path, config.symbols, window.open_ns, window.close_ns, kinds)
+    handlers = {"t": engine.on_trade, "q": engine.on_quote, "b": engine.on_bar}
+    orders: dict[str, dict[str, Any]] = {}
+    fills: list[dict[str, Any]] = []
+    risk_events: list[dict[str, Any]] = []
+    for i, (kind, event) in enumerate(events(table)):
+        handlers[kind](event)
+        if engine.stop_requested.is_set() and not engine.open_orders():
+            break  # the close, or the kill switch once its flatten has filled
+        if i % 20_000 == 0:
+            _collect(engine, orders, fills, risk_events)  # keeps the engine's memory small
+    engine.drain()
+    engine.flatten()
+    broker.flush(engine.clock)
+    engine.drain()
+    _collect(engine, orders, fills, risk_events)
+    for row in orders.values():
+        row["time"] = ns_to_datetime(row["ts"])
+    return BacktestResult(
+        config=config,
+        window=window,
+        orders=sorted(orders.values(), key=lambda o: int(o["client_order_id"].rsplit("-", 1)[1])),
+        fills=fills,
+        risk_events=risk_events,
+        book=book,
+        stats=engine.stats,
+        stop_reason=engine.stop_reason or "end of data",
+    )
+
+
+def events(table: pa.Table) -> Iterator[tuple[str, Trade | Quote | Bar]]:
+    """A recording's rows as the event objects the feed decodes, in tape order."""
+    kinds = set(table.column("kind").unique().to_pylist())
+    wanted = ["kind", "symbol", "ts"]
+    if "t" in kinds:
+        wanted += ["price", "size", "exchange", "conditions"]
+    if "q" in kinds:
+        wanted += ["bid_price", "bid_size", "ask_price", "ask_size"]
+    if "b" in kinds:
+        wanted += ["open", "high", "low", "close", "volume", "trade_count", "vwap"]
+    cols = {name: table.column(name).to_pylist() for name in wanted}
+    for i, kind in enumerate(cols["kind"]):
+        symbol, ts = cols["symbol"][i], cols["ts"][i]
+        if kind == "t":
+            conditions = cols["conditions"][i]
+            yield (
+                kind,
+                Trade(
+                    symbol,
+                    ts,
+                    cols["price"][i],
+                    cols["size"][i],
+                    cols["exchange"][i] or "",
+                    tuple(conditions) if conditions else (),
+                ),
+            )
+        elif kind == "q":
+            yield (
+                kind,
+                Quote(
+                    symbol,
+                    ts,
+                    cols["bid_price"][i],
+                    cols["bid_size"][i],
+                    cols["ask_price"][i],
+                    cols["ask_size"][i],
+                ),
+            )
+        else:
+            yield (
+                kind,
+                Bar(
+                    symbol,
+                    ts,
+                    cols["open"][i],
+                    cols["high"][i],
+                    cols["low"][i],
+                    cols["close"][i],
+                    cols["volume"][i],
+                    cols["trade_count"][i] or 0,
+                    cols["vwap"][i] or 0.0,
+                ),
+            )
+
+
+def _collect(
+    engine: Engine,
+    orders: dict[str, dict[str, Any]],
+    fills: list[dict[str, Any]],
+    risk_events: list[dict[str, Any]],
+) -> None:
+    batch = engine.take_batch()
+    for row in batch.new_orders:
+        orders[row["client_order_id"]] = row
+    for update in batch.order_updates:
+        orders[update["client_order_id"]].update(update)
+    fills.extend(batch.fills)
+    risk_events.extend(batch.risk_events)
+
+
+def _overrides(model: models.Model, callback: str) -> bool:
+    return getattr(type(model), callback) is not getattr(models.Model, callback)
