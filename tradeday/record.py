@@ -29,7 +29,7 @@ KEY_VARS = ("ALPACA_DATA_PUBLIC_KEY", "ALPACA_DATA_SECRET_KEY")
 MAX_PAGES = 10_000
 
 
-def _rfc3339(ns: int) -> str:
+def rfc3339_seconds(ns: int) -> str:
     return ns_to_datetime(ns).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -81,14 +81,17 @@ def _trades(client: Any, symbol: str, start: str, end: str, feed: str) -> pd.Dat
             "price": df["price"].to_numpy(dtype=float),
             "size": df["size"].to_numpy(dtype="int64"),
             "conditions": [list(c) if isinstance(c, list) else [] for c in df.get("condition", [])],
-            "exchange": df["exchange_code"].astype(str).to_numpy() if "exchange_code" in df else None,
+            "exchange": df["exchange_code"].astype(str).to_numpy()
+            if "exchange_code" in df
+            else None,
             "trade_id": df["trade_id"].to_numpy(dtype="int64") if "trade_id" in df else None,
             "tape": df["exchange"].astype(str).to_numpy() if "exchange" in df else None,
         }
     )
 
 
-def _bars(client: Any, symbol: str, start: str, end: str, feed: str) -> pd.DataFrame:
+def fetch_bars(client: Any, symbol: str, start: str, end: str, feed: str) -> pd.DataFrame:
+    """One symbol's 1-minute bars in recording columns (empty when Alpaca has none)."""
     dfs = client.get_bars([symbol], timeframe="1Min", start=start, end=end, limit=10_000, feed=feed)
     if not dfs or symbol not in dfs:
         return pd.DataFrame()
@@ -104,7 +107,9 @@ def _bars(client: Any, symbol: str, start: str, end: str, feed: str) -> pd.DataF
             "close": df["close"].to_numpy(dtype=float),
             "volume": df["volume"].to_numpy(dtype="int64"),
             "trade_count": df["trades"].to_numpy(dtype="int64") if "trades" in df else None,
-            "vwap": df["volume weighted"].to_numpy(dtype=float) if "volume weighted" in df else None,
+            "vwap": df["volume weighted"].to_numpy(dtype=float)
+            if "volume weighted" in df
+            else None,
         }
     )
 
@@ -121,13 +126,13 @@ def record_day(
 ) -> tuple[Path, dict[str, int]]:
     """Fetch the regular session's trades and minute bars and write one recording file."""
     window = session_window(day)
-    start, end = _rfc3339(window.open_ns), _rfc3339(window.close_ns)
+    start, end = rfc3339_seconds(window.open_ns), rfc3339_seconds(window.close_ns)
     client = data_client(key_id, secret_key, base_url)
     frames: list[pd.DataFrame] = []
     counts: dict[str, int] = {}
     for symbol in symbols:
         trades = _trades(client, symbol, start, end, feed)
-        bars = _bars(client, symbol, start, end, feed)
+        bars = fetch_bars(client, symbol, start, end, feed)
         counts[f"{symbol} trades"] = len(trades)
         counts[f"{symbol} bars"] = len(bars)
         frames.extend(f for f in (trades, bars) if len(f))

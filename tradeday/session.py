@@ -20,16 +20,17 @@ from pathlib import Path
 from typing import Any
 
 import models
-from tradeday import recording
+from tradeday import history, recording
 from tradeday.book import Book
 from tradeday.brokers.base import Broker
 from tradeday.brokers.simulated import SimulatedBroker
 from tradeday.config import SessionConfig
 from tradeday.decode import Decoder
 from tradeday.engine import Engine
-from tradeday.events import NS_PER_S, SessionWindow, ns_to_datetime
+from tradeday.events import NS_PER_S, Bar, SessionWindow, ns_to_datetime
 from tradeday.feed import ENDPOINTS, StreamFeed
 from tradeday.ledger import Ledger
+from tradeday.record import data_client
 from tradeday.risk import RiskGate
 
 log = logging.getLogger(__name__)
@@ -188,7 +189,8 @@ class TradingSession:
         self.gaps.append((self._gap_from, self.engine.clock))
         self.log.warning(
             "feed gap: no data from %s to %s after a reconnect",
-            ns_to_datetime(self._gap_from).isoformat(), ns_to_datetime(self.engine.clock).isoformat(),
+            ns_to_datetime(self._gap_from).isoformat(),
+            ns_to_datetime(self.engine.clock).isoformat(),
         )
         self._gap_from = None
         return True
@@ -223,6 +225,20 @@ class TradingSession:
             self.credentials.secret_key,
         )
 
+    def _history(self) -> list[Bar]:
+        """Bars before the open; a failure costs only the warm-up, never the session."""
+        try:
+            if self.replay:
+                path = Path(self.config.feed.recording or recording.bundled(self.window.day))
+                return history.recorded(path, list(self.config.symbols), self.window)
+            assert self.credentials is not None
+            client = data_client(self.credentials.key_id, self.credentials.secret_key)
+            feed = "sip" if self.config.feed.source == "sip" else "iex"
+            return history.live(client, list(self.config.symbols), self.window, feed)
+        except Exception as exc:  # network, a missing file: trade without the warm-up
+            self.log.warning("warm-up skipped: %s: %s", type(exc).__name__, exc)
+            return []
+
     def _wait_for_open(self) -> None:
         """Live sessions start before the open; connect a minute ahead of it."""
         if self.replay:
@@ -237,6 +253,10 @@ class TradingSession:
 
     def run(self) -> None:
         """Stream until the close (less the buffer), the end of the recording, or a stop."""
+        if _overrides(self.model, "warmup"):
+            history = self._history()
+            self.log.info("warm-up: %d bars before the open", len(history))
+            self.model.warmup(history)
         self.model.on_start(self.window)
         self._wait_for_open()
         if self.engine.stop_requested.is_set():
