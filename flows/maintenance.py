@@ -29,7 +29,9 @@ def flatten_now(
     logger = get_run_logger()
     config = SessionConfig(broker=broker, ledger_url=ledger_url)
     credentials = alpaca_credentials() if broker.kind == "alpaca" else None
-    recovered = recover_crashed_runs(config, credentials, by="flatten-now")  # refuses alpaca without keys
+    recovered = recover_crashed_runs(
+        config, credentials, by="flatten-now"
+    )  # refuses alpaca without keys
     account = account_of(config, credentials)
     closed = close_account(config, credentials) if broker.owns_account else {}
     ledger = Ledger(ledger_url)
