@@ -27,6 +27,7 @@ from tradeday.book import Position
 from tradeday.events import NS_PER_S
 from tradeday.ledger import FillRow, Ledger, MarkRow, OrderRow, PositionRow, RiskEventRow, RunRow
 
+MONEY_DECIMALS = 6
 REPORT_SCHEMA_VERSION = 2
 MINUTE_NS = 60 * NS_PER_S
 # Sharpe of 1-minute P&L changes, annualised over 252 sessions of 390 minutes.
@@ -357,12 +358,13 @@ def _pnl_equity_positions(
         pnl_rows.append(
             {
                 "symbol": symbol,
-                "realized": p.realized,
-                "unrealized": unrealized,
-                "fees": p.fees,
-                "net": p.realized + unrealized - p.fees,
+                # 6 decimals: below any price tick, above float noise (1e-9 after thousands of fills)
+                "realized": round(p.realized, MONEY_DECIMALS),
+                "unrealized": round(unrealized, MONEY_DECIMALS),
+                "fees": round(p.fees, MONEY_DECIMALS),
+                "net": round(p.realized + unrealized - p.fees, MONEY_DECIMALS),
                 "trades": p.trades,
-                "turnover": p.turnover,
+                "turnover": round(p.turnover, MONEY_DECIMALS),
                 "win_rate": p.wins / p.closes if p.closes else None,
                 "end_position": p.qty,
                 "wins": p.wins,
