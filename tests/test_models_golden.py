@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from flows.session import trading_session
-from tradeday import backtest, recording
+from tradeday import backtest, history, recording
 from tradeday.calendar import session_window
 from tradeday.config import parse_session_config
 from tradeday.events import NS_PER_S, datetime_to_ns
@@ -310,8 +310,14 @@ def test_a_replay_session_writes_exactly_the_backtests_orders_and_fills(session_
         {"model": model, "symbols": BAR_SYMBOLS, "broker": {"slippage_bps": 2.0}, **session_paths}
     )
     result = trading_session(config=config, session_date=BARS_DAY)
-    expected = backtest.run(model, BARS_DAY, BAR_SYMBOLS, broker={"slippage_bps": 2.0})
-    assert len(expected.orders) == 99
+    # a session warms the model up on the recording's bars before the open: so does this
+    before_open = history.recorded(
+        recording.bundled(BARS_DAY), BAR_SYMBOLS, session_window(BARS_DAY)
+    )
+    expected = backtest.run(
+        model, BARS_DAY, BAR_SYMBOLS, broker={"slippage_bps": 2.0}, warmup=before_open
+    )
+    assert len(expected.orders) == 100  # 99 without the warm-up
 
     ledger = Ledger(session_paths["ledger_url"])
     orders = ledger.orders(result["run_id"])
