@@ -70,3 +70,11 @@ def test_cli_refuses_negative_quantity(tmp_path):
             ]
         )
     assert "model.quantity: Input should be greater than 0" in str(exc.value)
+
+
+def test_credentials_never_show_in_repr_or_str():
+    from tradeday.session import Credentials
+
+    creds = Credentials("PKEXAMPLEKEYID123456", "secret-example-value-0123456789")
+    for text in (repr(creds), str(creds), f"{creds}", repr([creds])):
+        assert "PKEX" not in text and "secret" not in text

@@ -50,7 +50,7 @@ class Credentials:
         self.secret_key = secret_key
 
     def __repr__(self) -> str:
-        return f"Credentials(key_id={self.key_id[:4]}…)"
+        return "Credentials(<redacted>)"
 
 
 @dataclass
