@@ -7,22 +7,11 @@ import time
 
 import pytest
 from conftest import PrefectServer, wait_until
-from sqlalchemy import create_engine, text
 
+from tests.ledger_probe import fill_count
 from tradeday.ledger import Ledger
 
 pytestmark = pytest.mark.slow
-
-
-def _fills(url: str) -> int:
-    engine = create_engine(url)
-    try:
-        with engine.connect() as con:
-            return con.execute(text("SELECT count(*) FROM fills")).scalar_one()
-    except Exception:  # tables not created yet
-        return 0
-    finally:
-        engine.dispose()
 
 
 def test_cancel_via_api_flattens_and_ends_cancelled(
@@ -43,7 +32,7 @@ def test_cancel_via_api_flattens_and_ends_cancelled(
         )
         assert created.status_code == 201, created.text
         run_id = created.json()["id"]
-        wait_until(lambda: _fills(session_paths["ledger_url"]) >= 3, 180, "the first fills")
+        wait_until(lambda: fill_count(session_paths["ledger_url"]) >= 3, 180, "the first fills")
 
         cancel_ns = time.time_ns()
         t0 = time.monotonic()

@@ -18,9 +18,9 @@ import pytest
 from alpaca.trading.client import TradingClient
 from alpaca.trading.enums import OrderSide, TimeInForce
 from alpaca.trading.requests import MarketOrderRequest
-from sqlalchemy import create_engine, text
 
 from flows.session import trading_session
+from tests.ledger_probe import fill_count
 from tradeday.brokers.alpaca import AlpacaPaperBroker
 from tradeday.brokers.alpaca_testserver import AlpacaTestServer
 from tradeday.brokers.simulated import SimulatedBroker
@@ -274,17 +274,6 @@ def test_a_recovery_that_crashed_itself_is_not_sent_twice(ledger, server):
 # -- SIGKILL a running session, then the next session recovers -----------------------------
 
 
-def _fills(url: str) -> int:
-    engine = create_engine(url)
-    try:
-        with engine.connect() as con:
-            return con.execute(text("SELECT count(*) FROM fills")).scalar_one()
-    except Exception:  # the session has not created its tables yet
-        return 0
-    finally:
-        engine.dispose()
-
-
 @pytest.mark.slow
 def test_sigkill_mid_stream_then_the_next_session_recovers(
     prefect_harness, monkeypatch, tmp_path, open_fixture, session_paths
@@ -325,7 +314,7 @@ def _kill_and_recover(server, monkeypatch, tmp_path, open_fixture, session_paths
     )
     try:
         deadline = time.monotonic() + 180
-        while _fills(session_paths["ledger_url"]) < 40:
+        while fill_count(session_paths["ledger_url"]) < 40:
             assert proc.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, "the session never started filling"
             time.sleep(0.2)

@@ -10,20 +10,9 @@ import sys
 import time
 
 import pytest
-from sqlalchemy import create_engine, text
 
+from tests.ledger_probe import fill_count
 from tradeday.ledger import Ledger
-
-
-def _fills(url: str) -> int:
-    engine = create_engine(url)
-    try:
-        with engine.connect() as con:
-            return con.execute(text("SELECT count(*) FROM fills")).scalar_one()
-    except Exception:  # tables not created yet
-        return 0
-    finally:
-        engine.dispose()
 
 
 @pytest.mark.slow
@@ -47,7 +36,7 @@ def test_sigterm_mid_stream_flattens_and_records_cancelled(tmp_path, open_fixtur
     )
     try:
         deadline = time.monotonic() + 120
-        while _fills(session_paths["ledger_url"]) < 3:
+        while fill_count(session_paths["ledger_url"]) < 3:
             assert proc.poll() is None, log.read_text()
             assert time.monotonic() < deadline, "session never started filling"
             time.sleep(0.2)
