@@ -16,13 +16,11 @@ produces. Use it to test a model on recorded data (docs/models.md)::
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
-
-import pyarrow as pa
 
 import models
 from models.base import ModelParams
@@ -32,7 +30,7 @@ from tradeday.brokers.simulated import SimulatedBroker
 from tradeday.calendar import session_window
 from tradeday.config import SessionConfig, parse_session_config
 from tradeday.engine import Engine, EngineStats
-from tradeday.events import NS_PER_S, Bar, Quote, SessionWindow, Trade, ns_to_datetime
+from tradeday.events import NS_PER_S, Bar, SessionWindow, ns_to_datetime
 from tradeday.risk import RiskGate
 
 RUN_ID = "backtest"
@@ -131,7 +129,7 @@ def run_config(
     orders: dict[str, dict[str, Any]] = {}
     fills: list[dict[str, Any]] = []
     risk_events: list[dict[str, Any]] = []
-    for i, (kind, event) in enumerate(events(table)):
+    for i, (kind, event) in enumerate(recordings.events(table)):
         handlers[kind](event)
         if engine.stop_requested.is_set() and not engine.open_orders():
             break  # the close, or the kill switch once its flatten has filled
@@ -154,61 +152,6 @@ def run_config(
         stats=engine.stats,
         stop_reason=engine.stop_reason or "end of data",
     )
-
-
-def events(table: pa.Table) -> Iterator[tuple[str, Trade | Quote | Bar]]:
-    """A recording's rows as the event objects the feed decodes, in tape order."""
-    kinds = set(table.column("kind").unique().to_pylist())
-    wanted = ["kind", "symbol", "ts"]
-    if "t" in kinds:
-        wanted += ["price", "size", "exchange", "conditions"]
-    if "q" in kinds:
-        wanted += ["bid_price", "bid_size", "ask_price", "ask_size"]
-    if "b" in kinds:
-        wanted += ["open", "high", "low", "close", "volume", "trade_count", "vwap"]
-    cols = {name: table.column(name).to_pylist() for name in wanted}
-    for i, kind in enumerate(cols["kind"]):
-        symbol, ts = cols["symbol"][i], cols["ts"][i]
-        if kind == "t":
-            conditions = cols["conditions"][i]
-            yield (
-                kind,
-                Trade(
-                    symbol,
-                    ts,
-                    cols["price"][i],
-                    cols["size"][i],
-                    cols["exchange"][i] or "",
-                    tuple(conditions) if conditions else (),
-                ),
-            )
-        elif kind == "q":
-            yield (
-                kind,
-                Quote(
-                    symbol,
-                    ts,
-                    cols["bid_price"][i],
-                    cols["bid_size"][i],
-                    cols["ask_price"][i],
-                    cols["ask_size"][i],
-                ),
-            )
-        else:
-            yield (
-                kind,
-                Bar(
-                    symbol,
-                    ts,
-                    cols["open"][i],
-                    cols["high"][i],
-                    cols["low"][i],
-                    cols["close"][i],
-                    cols["volume"][i],
-                    cols["trade_count"][i] or 0,
-                    cols["vwap"][i] or 0.0,
-                ),
-            )
 
 
 def _collect(

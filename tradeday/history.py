@@ -21,25 +21,8 @@ WARMUP_DAYS = 7
 
 
 def bars_from_table(table: pa.Table) -> list[Bar]:
-    """Bars in a recording table, in time order (NULL trade counts and VWAPs become 0)."""
-    cols = {
-        name: table.column(name).to_pylist()
-        for name in (
-            "symbol",
-            "ts",
-            "open",
-            "high",
-            "low",
-            "close",
-            "volume",
-            "trade_count",
-            "vwap",
-        )
-    }
-    return [
-        Bar(s, ts, o, h, lo, c, v, n or 0, vw or 0.0)
-        for s, ts, o, h, lo, c, v, n, vw in zip(*cols.values(), strict=True)
-    ]
+    """The bars of a recording table, in time order, as the models receive them."""
+    return [event for kind, event in recording.events(table) if kind == "b"]
 
 
 def recorded(path: Path, symbols: list[str], window: SessionWindow) -> list[Bar]:

@@ -10,7 +10,7 @@ into this format; every naive local time goes through zoneinfo, so DST is handle
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import date
 from functools import lru_cache
 from pathlib import Path
@@ -20,6 +20,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from tradeday.events import Bar, Quote, Trade
 
 NEW_YORK = "America/New_York"
 KINDS = ("t", "q", "b")
@@ -262,3 +264,58 @@ def from_csv(path: str | Path, symbol: str | None = None, tz: str = "UTC") -> pa
         if name in df.columns:
             columns[name] = pa.array(df[name].tolist(), SCHEMA.field(name).type)
     return conform(pa.table(columns))
+
+
+def events(table: pa.Table) -> Iterator[tuple[str, Trade | Quote | Bar]]:
+    """A recording's rows as the event objects the feed decodes, in tape order."""
+    kinds = set(table.column("kind").unique().to_pylist())
+    wanted = ["kind", "symbol", "ts"]
+    if "t" in kinds:
+        wanted += ["price", "size", "exchange", "conditions"]
+    if "q" in kinds:
+        wanted += ["bid_price", "bid_size", "ask_price", "ask_size"]
+    if "b" in kinds:
+        wanted += ["open", "high", "low", "close", "volume", "trade_count", "vwap"]
+    cols = {name: table.column(name).to_pylist() for name in wanted}
+    for i, kind in enumerate(cols["kind"]):
+        symbol, ts = cols["symbol"][i], cols["ts"][i]
+        if kind == "t":
+            conditions = cols["conditions"][i]
+            yield (
+                kind,
+                Trade(
+                    symbol,
+                    ts,
+                    cols["price"][i],
+                    cols["size"][i],
+                    cols["exchange"][i] or "",
+                    tuple(conditions) if conditions else (),
+                ),
+            )
+        elif kind == "q":
+            yield (
+                kind,
+                Quote(
+                    symbol,
+                    ts,
+                    cols["bid_price"][i],
+                    cols["bid_size"][i],
+                    cols["ask_price"][i],
+                    cols["ask_size"][i],
+                ),
+            )
+        else:
+            yield (
+                kind,
+                Bar(
+                    symbol,
+                    ts,
+                    cols["open"][i],
+                    cols["high"][i],
+                    cols["low"][i],
+                    cols["close"][i],
+                    cols["volume"][i],
+                    cols["trade_count"][i] or 0,
+                    cols["vwap"][i] or 0.0,
+                ),
+            )
