@@ -9,6 +9,12 @@ trade's figure is measured from its own frame's receipt, so the trades queued be
 in the same frame count too (the table shows how many trades frames carry). The
 session's main thread flushes the ledger every second
 as usual: its GIL time is part of what the tail shows.
+
+At 5,000 trades/s a frame comes every ~1.2 ms and the feed thread sleeps in between, so
+the tail also holds the cost of a CPU waking from idle (on a VM, the guest halts and the
+hypervisor may run others). ``wake-up`` separates that from tradeday's code: the same
+6-trade frames of the recorded day go through a session's decoder and engine (no socket)
+after 1.2 ms asleep, and after 1.2 ms of busy-waiting that keeps the core awake.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from benchmarks.common import (
     silenced_stdout,
     workdir,
 )
+from benchmarks.hotpath import es_frames
 from tradeday import session as session_module
 from tradeday.brokers.base import ExecType, Execution
 from tradeday.events import Order, Trade
@@ -40,6 +47,7 @@ from tradeday.session import TradingSession
 
 RATE = 5_000
 TARGET_P99_US = 100.0
+GAP_S = 1.2e-3  # between frames at 5,000 trades/s and ~6 trades a frame
 
 
 class Probe:
@@ -131,6 +139,31 @@ def measure(seconds: float) -> tuple[Probe, dict[str, float]]:
     return probe, {"rate": got / elapsed, "per_frame": got / max(frames, 1)}
 
 
+def wake_up(frames: int) -> dict[str, list[float]]:
+    """µs per 6-trade frame through decoder and engine, after sleeping vs after spinning."""
+    batches = es_frames(6, frames * 6)
+    timings: dict[str, list[float]] = {"asleep": [], "busy": []}
+    with workdir() as tmp:
+        session = TradingSession(
+            session_config("ws://unused", tmp), es_window(), logger=quiet_logger()
+        )
+        try:
+            for i, raw in enumerate(batches):
+                asleep = i % 2 == 0  # interleaved, so drifts in the machine hit both alike
+                if asleep:
+                    time.sleep(GAP_S)
+                else:
+                    end = time.perf_counter() + GAP_S
+                    while time.perf_counter() < end:
+                        pass
+                t0 = time.perf_counter_ns()
+                session.decoder.feed(raw)
+                timings["asleep" if asleep else "busy"].append((time.perf_counter_ns() - t0) / 1000)
+        finally:
+            session.ledger.close()
+    return {k: sorted(v) for k, v in timings.items()}
+
+
 def run(quick: bool = False) -> list[Row]:
     probe, info = measure(1.0 if quick else 30.0)
     rows = []
@@ -158,6 +191,18 @@ def run(quick: bool = False) -> list[Row]:
         rows.append(
             Row("latency", f"trades per frame p{q}", percentile(sizes, q), "trades", note=note)
         )
+    for state, us in wake_up(400 if quick else 6000).items():
+        for q in (50, 99):
+            note = f"{len(us):,} frames of 6 ES trades, no socket" if q == 50 else ""
+            rows.append(
+                Row(
+                    "wake-up",
+                    f"decoder + engine per frame after {GAP_S * 1e3:.1f} ms {state}, p{q}",
+                    percentile(us, q),
+                    "µs",
+                    note=note,
+                )
+            )
     return rows
 
 

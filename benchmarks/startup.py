@@ -4,7 +4,7 @@ A Prefect server is already running (started here on a temp home, like a deploym
 server). Each round is a fresh Python process that imports the flow, then calls
 ``trading_session`` on the first 20,000 trades of the recorded day: "flow start" is that
 call (flow run created, calendar, recovery, ledger, replay server, cpquant connect and
-subscribe all count), "first tick" the moment the engine gets its first trade (stamped
+subscribe all count), "first tick" the moment the engine has processed its first frame of trades (stamped
 by a wrapper this process installs; the product code has no timing in it). The cold
 figure adds the interpreter and the imports. Times are wall-clock ``time.time()``, so
 they compare across the two processes.
@@ -56,14 +56,14 @@ def child(config_path: str) -> None:
 
     imported_at = time.time()
     first_tick: list[float] = []
-    on_trade = Engine.on_trade
+    on_events = Engine.on_events
 
-    def stamped(self: Engine, trade: object) -> None:
-        if not first_tick:
+    def stamped(self: Engine, events: list) -> None:
+        on_events(self, events)
+        if not first_tick and self.stats.events:
             first_tick.append(time.time())
-        on_trade(self, trade)  # type: ignore[arg-type]
 
-    Engine.on_trade = stamped  # type: ignore[method-assign]
+    Engine.on_events = stamped  # type: ignore[method-assign]
     config = parse_session_config(json.loads(Path(config_path).read_text()))
     called_at = time.time()
     state = trading_session(config=config, session_date=ES_DAY, return_state=True)

@@ -34,7 +34,9 @@ EXPECTED = {
 def test_benchmark_runs_in_quick_mode(name: str) -> None:
     rows = importlib.import_module(f"benchmarks.{name}").run(quick=True)
     assert rows and all(isinstance(r, Row) for r in rows)
-    assert all(math.isfinite(r.value) and r.value >= 0 for r in rows), rows
+    assert all(math.isfinite(r.value) for r in rows), rows
+    # memory can shrink between two samples; every other figure is a time, rate or size
+    assert all(r.value >= 0 for r in rows if "growth" not in r.metric), rows
     assert any(EXPECTED[name] in r.metric for r in rows), [r.metric for r in rows]
     assert all(r.ok is None or r.target for r in rows)
 

@@ -12,7 +12,7 @@ from tradeday import recording
 from tradeday.calendar import session_window
 from tradeday.config import parse_session_config
 from tradeday.decode import Decoder
-from tradeday.events import Trade
+from tradeday.events import Bar, Quote, Trade
 from tradeday.feed import FeedError, StreamFeed
 from tradeday.replay.server import Faults, ReplayServer
 from tradeday.session import TradingSession
@@ -37,7 +37,10 @@ class Collector:
         self.feed: StreamFeed | None = None
 
     def decoder(self) -> Decoder:
-        return Decoder(self.trades.append, lambda q: None, lambda b: None, self.on_control)
+        return Decoder(self.on_events, self.on_control)
+
+    def on_events(self, events: list[Trade | Quote | Bar]) -> None:
+        self.trades += [e for e in events if isinstance(e, Trade)]
 
     def on_control(self, msg: dict) -> None:
         self.controls.append(msg)

@@ -113,8 +113,8 @@ def replay_bars(ledger: Ledger, day: date, model: str, *, flatten: bool = True) 
         model_name=model,
     )
     for i, b in enumerate(bars.to_pylist()):
-        engine.on_bar(
-            Bar(b["symbol"], b["ts"], b["open"], b["high"], b["low"], b["close"], b["volume"])
+        engine.on_events(
+            [Bar(b["symbol"], b["ts"], b["open"], b["high"], b["low"], b["close"], b["volume"])]
         )
         if i % 200 == 199:
             ledger.write(engine.take_batch(), run_id)
@@ -195,7 +195,7 @@ def test_engine_buffers_one_mark_per_symbol_per_minute():
         ("A", 170, 10.75),
     ]
     for i, (symbol, sec, price) in enumerate(ticks):
-        engine.on_trade(Trade(symbol, t0 + sec * 1_000_000_000, price, 1))
+        engine.on_events([Trade(symbol, t0 + sec * 1_000_000_000, price, 1)])
         if i == 2:
             assert engine.take_batch().marks == []  # the minute is still open
     batch = engine.take_batch()

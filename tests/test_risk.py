@@ -61,7 +61,7 @@ def make(script: dict[int, Sequence[Order]], latency_ms: float = 0.0, **limits: 
 def play(engine: Engine, ticks: Sequence[tuple[int, float] | tuple[int, float, str]]) -> None:
     for tick in ticks:
         ts, price, symbol = (*tick, "A")[:3]
-        engine.on_trade(Trade(symbol, ts, price, 1))
+        engine.on_events([Trade(symbol, ts, price, 1)])
 
 
 def outcome(engine: Engine) -> tuple[list[tuple], list[tuple]]:

@@ -125,12 +125,11 @@ def run_config(
     # what a session subscribes to: trades; quotes for the simulator; bars if the model uses them
     kinds = ["t", "q"] + (["b"] if _overrides(model, "on_bar") else [])
     table = recordings.load(path, config.symbols, window.open_ns, window.close_ns, kinds)
-    handlers = {"t": engine.on_trade, "q": engine.on_quote, "b": engine.on_bar}
     orders: dict[str, dict[str, Any]] = {}
     fills: list[dict[str, Any]] = []
     risk_events: list[dict[str, Any]] = []
-    for i, (kind, event) in enumerate(recordings.events(table)):
-        handlers[kind](event)
+    for i, (_, event) in enumerate(recordings.events(table)):
+        engine.on_events((event,))
         if engine.stop_requested.is_set() and not engine.open_orders():
             break  # the close, or the kill switch once its flatten has filled
         if i % 20_000 == 0:

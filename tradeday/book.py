@@ -91,8 +91,17 @@ class Book:
         return sum(p.unrealized(marks.get(s, p.avg_price)) for s, p in self.positions.items())
 
     def net(self, marks: dict[str, float] | None = None) -> float:
-        """Realized + unrealized - fees: what the session made if it closed at the marks."""
-        return self.realized + self.unrealized(marks) - self.fees
+        """Realized + unrealized - fees: what the session made if it closed at the marks.
+
+        One pass: the kill switch asks after every fill and every move of a held price.
+        """
+        marks = marks if marks is not None else self.marks
+        total = 0.0
+        for symbol, p in self.positions.items():
+            total += p.realized - p.fees
+            if p.qty:
+                total += (marks.get(symbol, p.avg_price) - p.avg_price) * p.qty
+        return total
 
     def open_positions(self) -> dict[str, int]:
         return {s: p.qty for s, p in self.positions.items() if p.qty}

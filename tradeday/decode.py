@@ -1,8 +1,11 @@
 """Alpaca stream frames to events, fast and forgiving.
 
-One frame is a JSON array of messages. Anything malformed (bad JSON, unknown ``T``,
-missing fields) is counted and skipped, never raised: a bad tick must not end a session.
-No pydantic here: this runs for every message.
+One frame is a JSON array of messages. A frame of well-formed trades, quotes and bars (all
+of them, nearly always) is decoded by msgspec in C straight into event objects; only the
+timestamps and the per-symbol order are checked in Python. Any other frame (control
+messages, bad JSON, an unknown ``T``, a missing or mistyped field) takes the slow path,
+message by message, where anything malformed is counted and skipped, never raised: a bad
+tick must not end a session. No pydantic here: this runs for every message.
 """
 
 from __future__ import annotations
@@ -11,9 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import msgspec
 import orjson
 
 from tradeday.events import NS_PER_S, Bar, Quote, Trade
+
+Event = Trade | Quote | Bar
 
 _second_cache: dict[str, int] = {}
 _NO_STAMP = object()
@@ -70,19 +76,40 @@ class DecodeStats:
     bad_messages: int = 0
     out_of_order: int = 0
     control: int = 0
+    slow_frames: int = 0
 
     @property
     def skipped(self) -> int:
         return self.malformed_frames + self.unknown_messages + self.bad_messages + self.out_of_order
 
 
+class _WireTrade(Trade, tag_field="T", tag="t"):
+    ts: str  # the RFC 3339 text, until the decoder replaces it with nanoseconds
+
+
+class _WireQuote(Quote, tag_field="T", tag="q"):
+    ts: str
+
+
+class _WireBar(Bar, tag_field="T", tag="b"):
+    ts: str
+    trade_count: int | None = 0  # the replay sends null when the recording has none
+    vwap: float | None = 0.0
+
+
+_FRAME = msgspec.json.Decoder(list[_WireTrade | _WireQuote | _WireBar])
+
+
 @dataclass
 class Decoder:
-    """Turns raw frames into calls on the sinks; keeps the counters and per-symbol last time."""
+    """Turns raw frames into one ``on_events`` call per frame; keeps the counters.
 
-    on_trade: Callable[[Trade], None]
-    on_quote: Callable[[Quote], None]
-    on_bar: Callable[[Bar], None]
+    One call per frame, not per event, so the engine takes its lock and looks up its
+    collaborators once per frame. Events are dropped when out of order for their kind
+    and symbol (a replayed or corrected print must not move tick time backwards).
+    """
+
+    on_events: Callable[[list[Event]], None]
     on_control: Callable[[dict], None]
     stats: DecodeStats = field(default_factory=DecodeStats)
     _last_ts: dict[str, dict[str, int]] = field(
@@ -90,84 +117,95 @@ class Decoder:
     )  # per kind, per symbol
 
     def feed(self, raw: str | bytes) -> None:
+        self.stats.frames += 1
+        try:
+            events = _FRAME.decode(raw)
+        except msgspec.DecodeError:  # also ValidationError: not a frame of events alone
+            self.stats.slow_frames += 1
+            events = self._decode_slowly(raw)
+        else:
+            events = self._stamp(events)
+        if events:
+            self.on_events(events)
+
+    def _stamp(self, events: list[Event]) -> list[Event]:
+        """Replace each event's timestamp text by nanoseconds; drop bad and out-of-order ones."""
         stats = self.stats
-        stats.frames += 1
+        seen_trade, seen_quote, seen_bar = (
+            self._last_ts["t"],
+            self._last_ts["q"],
+            self._last_ts["b"],
+        )
+        trades = quotes = bars = 0
+        dropped: set[int] | None = None
+        # consecutive prints often share a timestamp (one order sweeping levels): parse once
+        stamp, ns = _NO_STAMP, 0
+        for ev in events:
+            text = ev.ts
+            if text != stamp:
+                try:
+                    ns = parse_rfc3339_ns(text)
+                except (ValueError, IndexError):
+                    stats.bad_messages += 1
+                    dropped = (dropped or set()) | {id(ev)}
+                    continue
+                stamp = text
+            ev.ts = ns
+            cls = ev.__class__
+            seen = (
+                seen_trade if cls is _WireTrade else seen_quote if cls is _WireQuote else seen_bar
+            )
+            symbol = ev.symbol
+            if ns < seen.get(symbol, 0):
+                stats.out_of_order += 1
+                dropped = (dropped or set()) | {id(ev)}
+                continue
+            seen[symbol] = ns
+            if cls is _WireTrade:
+                trades += 1
+            elif cls is _WireQuote:
+                quotes += 1
+            else:
+                bars += 1
+                ev.trade_count = ev.trade_count or 0
+                ev.vwap = ev.vwap or 0.0
+        stats.trades += trades
+        stats.quotes += quotes
+        stats.bars += bars
+        if dropped:
+            return [ev for ev in events if id(ev) not in dropped]
+        return events
+
+    def _decode_slowly(self, raw: str | bytes) -> list[Event]:
+        """Message by message: control messages go to ``on_control``, bad ones are counted."""
+        stats = self.stats
         try:
             messages = orjson.loads(raw)
         except orjson.JSONDecodeError:
             stats.malformed_frames += 1
-            return
+            return []
         if not isinstance(messages, list):
             messages = [messages]
         last_ts = self._last_ts
-        last_trade = last_ts["t"]
-        on_trade = self.on_trade
-        # consecutive prints often share a timestamp (one order sweeping levels): parse once
-        stamp, stamp_ns = _NO_STAMP, 0
+        events: list[Event] = []
         for msg in messages:
             try:
                 kind = msg["T"]
-                if kind == "t":
-                    if msg["t"] != stamp:
-                        stamp_ns = parse_rfc3339_ns(msg["t"])
-                        stamp = msg["t"]
-                    ts = stamp_ns
-                    symbol = msg["S"]
-                    if ts < last_trade.get(symbol, 0):
-                        stats.out_of_order += 1
-                        continue
-                    last_trade[symbol] = ts
-                    conditions = msg.get("c")
-                    trade = Trade(
-                        symbol,
-                        ts,
-                        float(msg["p"]),
-                        int(msg["s"]),
-                        msg.get("x", ""),
-                        tuple(conditions) if conditions else (),
-                    )
-                    stats.trades += 1
-                    on_trade(trade)
-                elif kind == "q":
-                    if msg["t"] != stamp:
-                        stamp_ns = parse_rfc3339_ns(msg["t"])
-                        stamp = msg["t"]
-                    ts = stamp_ns
-                    symbol = msg["S"]
-                    if ts < last_ts["q"].get(symbol, 0):
-                        stats.out_of_order += 1
-                        continue
-                    last_ts["q"][symbol] = ts
-                    quote = Quote(
-                        msg["S"],
-                        ts,
-                        float(msg["bp"]),
-                        int(msg["bs"]),
-                        float(msg["ap"]),
-                        int(msg["as"]),
-                    )
-                    stats.quotes += 1
-                    self.on_quote(quote)
-                elif kind == "b":
+                if kind in ("t", "q", "b"):
                     ts = parse_rfc3339_ns(msg["t"])
                     symbol = msg["S"]
-                    if ts < last_ts["b"].get(symbol, 0):
+                    event = _event(kind, symbol, ts, msg)
+                    if ts < last_ts[kind].get(symbol, 0):
                         stats.out_of_order += 1
                         continue
-                    last_ts["b"][symbol] = ts
-                    bar = Bar(
-                        msg["S"],
-                        ts,
-                        float(msg["o"]),
-                        float(msg["h"]),
-                        float(msg["l"]),
-                        float(msg["c"]),
-                        int(msg["v"]),
-                        int(msg.get("n") or 0),  # the replay sends null when not recorded
-                        float(msg.get("vw") or 0.0),
-                    )
-                    stats.bars += 1
-                    self.on_bar(bar)
+                    last_ts[kind][symbol] = ts
+                    events.append(event)
+                    if kind == "t":
+                        stats.trades += 1
+                    elif kind == "q":
+                        stats.quotes += 1
+                    else:
+                        stats.bars += 1
                 elif kind in ("success", "subscription", "error"):
                     stats.control += 1
                     self.on_control(msg)
@@ -175,3 +213,33 @@ class Decoder:
                     stats.unknown_messages += 1
             except (KeyError, TypeError, ValueError, IndexError):
                 stats.bad_messages += 1
+        return events
+
+
+def _event(kind: str, symbol: str, ts: int, msg: dict) -> Event:
+    """One event from a decoded message; raises KeyError/TypeError/ValueError when malformed."""
+    if not isinstance(symbol, str):
+        raise TypeError(f"symbol {symbol!r} is not a string")
+    if kind == "t":
+        conditions = msg.get("c")
+        return Trade(
+            symbol,
+            ts,
+            float(msg["p"]),
+            int(msg["s"]),
+            msg.get("x") or "",
+            tuple(conditions) if conditions else (),
+        )
+    if kind == "q":
+        return Quote(symbol, ts, float(msg["bp"]), int(msg["bs"]), float(msg["ap"]), int(msg["as"]))
+    return Bar(
+        symbol,
+        ts,
+        float(msg["o"]),
+        float(msg["h"]),
+        float(msg["l"]),
+        float(msg["c"]),
+        int(msg["v"]),
+        int(msg.get("n") or 0),
+        float(msg.get("vw") or 0.0),
+    )

@@ -3,7 +3,7 @@
 Everything here runs on the feed thread, once per event, so it does no I/O, no Prefect
 call and no validation: ledger rows are buffered and taken by :meth:`Engine.take_batch`
 from the session's main thread. The engine is also usable without any feed (golden
-tests and backtests call :meth:`on_trade` and friends directly).
+tests and backtests call :meth:`on_events` directly).
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from tradeday.brokers.base import Broker, BrokerOrder, ExecType, Execution
 from tradeday.events import Bar, Order, Quote, Side, Trade
 from tradeday.ledger import Batch
 from tradeday.risk import MINUTE_NS, RiskGate
+
+_NEVER = 2**63  # stop time of an engine that has none
 
 
 @dataclass
@@ -74,30 +76,88 @@ class Engine:
 
     # -- market events (feed thread) ------------------------------------------------------
 
-    def _tick(self, ts: int) -> bool:
-        """Advance tick time; False once the session's stop time is reached."""
-        if self.stop_at_ns is not None and ts >= self.stop_at_ns:
-            self.stats.after_stop += 1
-            if not self.stop_requested.is_set():
-                self.request_stop("close")
-            return False
-        if ts > self.clock:
-            self.clock = ts
-            if ts >= self._next_minute_ns:
-                self._close_minute(ts)
-        self.stats.events += 1
-        return True
+    def on_events(self, events: Sequence[Trade | Quote | Bar]) -> None:
+        """A frame's events in order: tick time, the broker's fills, then the model.
+
+        One lock and one set of look-ups per frame, not per event: this loop is the whole
+        per-tick cost of a session besides decoding, so it is written out flat.
+        """
+        stats = self.stats
+        stop_at = self.stop_at_ns if self.stop_at_ns is not None else _NEVER
+        book = self.book
+        marks = book.marks
+        positions = book.positions
+        broker = self.broker
+        executions = broker.executions
+        model = self.model
+        with self._lock:
+            clock = self.clock
+            next_minute = self._next_minute_ns
+            counted = 0
+            for ev in events:
+                ts = ev.ts
+                if ts >= stop_at:
+                    stats.after_stop += 1
+                    self.request_stop("close")
+                    continue
+                if ts > clock:
+                    self.clock = clock = ts
+                    if ts >= next_minute:
+                        self._close_minute(ts)
+                        next_minute = self._next_minute_ns
+                counted += 1
+                symbol = ev.symbol
+                if isinstance(ev, Trade):
+                    price = ev.price
+                    pos = positions.get(symbol)
+                    if marks.get(symbol) != price:
+                        marks[symbol] = price
+                        if pos is not None and pos.qty:
+                            self._net_moved = True  # only a held price moves net P&L
+                    broker.on_trade(ev)
+                    if executions or self._net_moved:
+                        self._drain()
+                        pos = positions.get(symbol)
+                    if self.halt_pending:
+                        continue  # the kill switch tripped: no more model orders today
+                    orders = model.on_trade(ev, pos.qty if pos is not None else 0)
+                elif isinstance(ev, Quote):
+                    broker.on_quote(ev)
+                    if executions or self._net_moved:
+                        self._drain()
+                    if self.halt_pending:
+                        continue
+                    price = (ev.bid_price + ev.ask_price) / 2
+                    pos = positions.get(symbol)
+                    orders = model.on_quote(ev, pos.qty if pos is not None else 0)
+                else:
+                    price = ev.close
+                    pos = positions.get(symbol)
+                    if marks.get(symbol) != price:
+                        marks[symbol] = price
+                        if pos is not None and pos.qty:
+                            self._net_moved = True
+                    broker.on_bar(ev)
+                    if executions or self._net_moved:
+                        self._drain()
+                        pos = positions.get(symbol)
+                    if self.halt_pending:
+                        continue
+                    orders = model.on_bar(ev, pos.qty if pos is not None else 0)
+                if orders:
+                    self._route(orders, price)
+                    self._drain()
+            stats.events += counted
 
     def _close_minute(self, ts: int) -> None:
         """The first event of a new tick-time minute: buffer the marks the last one ended on.
 
         Detected on tick time, not at the once-a-second flush, because a replay runs many
-        minutes per second; it costs one comparison per event.
+        minutes per second; it costs one comparison per event. The caller holds the lock.
         """
-        with self._lock:
-            if self._next_minute_ns:
-                self._record_marks(self._next_minute_ns - MINUTE_NS)
-            self._next_minute_ns = ts - ts % MINUTE_NS + MINUTE_NS
+        if self._next_minute_ns:
+            self._record_marks(self._next_minute_ns - MINUTE_NS)
+        self._next_minute_ns = ts - ts % MINUTE_NS + MINUTE_NS
 
     def _record_marks(self, minute_ns: int) -> None:
         if minute_ns <= self._marked_ns:
@@ -107,52 +167,6 @@ class Engine:
             self._marks.append(
                 {"run_id": self.run_id, "symbol": symbol, "ts": minute_ns, "price": price}
             )
-
-    def on_trade(self, trade: Trade) -> None:
-        if not self._tick(trade.ts):
-            return
-        with self._lock:
-            if self.book.marks.get(trade.symbol) != trade.price:
-                self.book.marks[trade.symbol] = trade.price
-                self._net_moved = True
-            self.broker.on_trade(trade)
-            self._drain()
-            if self.halt_pending:
-                return  # the kill switch tripped: no more model orders today
-            orders = self.model.on_trade(trade, self.book.qty(trade.symbol))
-            if orders:
-                self._route(orders, trade.price)
-                self._drain()
-
-    def on_quote(self, quote: Quote) -> None:
-        if not self._tick(quote.ts):
-            return
-        with self._lock:
-            self.broker.on_quote(quote)
-            self._drain()
-            if self.halt_pending:
-                return  # the kill switch tripped: no more model orders today
-            orders = self.model.on_quote(quote, self.book.qty(quote.symbol))
-            if orders:
-                mid = (quote.bid_price + quote.ask_price) / 2
-                self._route(orders, mid)
-                self._drain()
-
-    def on_bar(self, bar: Bar) -> None:
-        if not self._tick(bar.ts):
-            return
-        with self._lock:
-            if self.book.marks.get(bar.symbol) != bar.close:
-                self.book.marks[bar.symbol] = bar.close
-                self._net_moved = True
-            self.broker.on_bar(bar)
-            self._drain()
-            if self.halt_pending:
-                return  # the kill switch tripped: no more model orders today
-            orders = self.model.on_bar(bar, self.book.qty(bar.symbol))
-            if orders:
-                self._route(orders, bar.close)
-                self._drain()
 
     def request_stop(self, reason: str) -> None:
         if not self.stop_requested.is_set():

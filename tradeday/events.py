@@ -1,8 +1,10 @@
 """Market events and order records shared by feeds, models, risk, brokers and the ledger.
 
-Plain ``__slots__`` classes, not pydantic: one is built per tick on the hot path, where
-validation would cost more than the model itself. Timestamps are integer nanoseconds
-since the epoch, UTC: exact, cheap to compare, and what both Alpaca and Parquet carry.
+Market events are msgspec Structs, not pydantic: one is built per tick on the hot path,
+where validation would cost more than the model itself. Their ``rename`` maps each field
+to its Alpaca v2 stream key, so :mod:`tradeday.decode` builds them straight from a frame
+in C. Timestamps are integer nanoseconds since the epoch, UTC: exact, cheap to compare,
+and what both Alpaca and Parquet carry.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
+
+import msgspec
 
 NS_PER_S = 1_000_000_000
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -28,26 +32,26 @@ def datetime_to_ns(value: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * NS_PER_S + delta.microseconds * 1000
 
 
-class Trade:
+class Trade(
+    msgspec.Struct,
+    gc=False,
+    rename={
+        "symbol": "S",
+        "ts": "t",
+        "price": "p",
+        "size": "s",
+        "exchange": "x",
+        "conditions": "c",
+    },
+):
     """One print on the tape."""
 
-    __slots__ = ("conditions", "exchange", "price", "size", "symbol", "ts")
-
-    def __init__(
-        self,
-        symbol: str,
-        ts: int,
-        price: float,
-        size: int,
-        exchange: str = "",
-        conditions: tuple[str, ...] = (),
-    ) -> None:
-        self.symbol = symbol
-        self.ts = ts
-        self.price = price
-        self.size = size
-        self.exchange = exchange
-        self.conditions = conditions
+    symbol: str
+    ts: int
+    price: float
+    size: int
+    exchange: str = ""
+    conditions: tuple[str, ...] = ()
 
     @property
     def time(self) -> datetime:
@@ -57,26 +61,26 @@ class Trade:
         return f"Trade({self.symbol} {self.time.isoformat()} {self.size}@{self.price})"
 
 
-class Quote:
+class Quote(
+    msgspec.Struct,
+    gc=False,
+    rename={
+        "symbol": "S",
+        "ts": "t",
+        "bid_price": "bp",
+        "bid_size": "bs",
+        "ask_price": "ap",
+        "ask_size": "as",
+    },
+):
     """Top of book."""
 
-    __slots__ = ("ask_price", "ask_size", "bid_price", "bid_size", "symbol", "ts")
-
-    def __init__(
-        self,
-        symbol: str,
-        ts: int,
-        bid_price: float,
-        bid_size: int,
-        ask_price: float,
-        ask_size: int,
-    ) -> None:
-        self.symbol = symbol
-        self.ts = ts
-        self.bid_price = bid_price
-        self.bid_size = bid_size
-        self.ask_price = ask_price
-        self.ask_size = ask_size
+    symbol: str
+    ts: int
+    bid_price: float
+    bid_size: int
+    ask_price: float
+    ask_size: int
 
     @property
     def time(self) -> datetime:
@@ -89,32 +93,32 @@ class Quote:
         )
 
 
-class Bar:
+class Bar(
+    msgspec.Struct,
+    gc=False,
+    rename={
+        "symbol": "S",
+        "ts": "t",
+        "open": "o",
+        "high": "h",
+        "low": "l",
+        "close": "c",
+        "volume": "v",
+        "trade_count": "n",
+        "vwap": "vw",
+    },
+):
     """An OHLCV bar; ``ts`` is the bar's start, as Alpaca labels minute bars."""
 
-    __slots__ = ("close", "high", "low", "open", "symbol", "trade_count", "ts", "volume", "vwap")
-
-    def __init__(
-        self,
-        symbol: str,
-        ts: int,
-        open: float,
-        high: float,
-        low: float,
-        close: float,
-        volume: int,
-        trade_count: int = 0,
-        vwap: float = 0.0,
-    ) -> None:
-        self.symbol = symbol
-        self.ts = ts
-        self.open = open
-        self.high = high
-        self.low = low
-        self.close = close
-        self.volume = volume
-        self.trade_count = trade_count
-        self.vwap = vwap
+    symbol: str
+    ts: int
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: int
+    trade_count: int = 0
+    vwap: float = 0.0
 
     @property
     def time(self) -> datetime:

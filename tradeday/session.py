@@ -141,9 +141,7 @@ class TradingSession:
             stop_at_ns=self.stop_at_ns,
             fills_on_tick_time=self.replay and config.broker.kind != "simulated",
         )
-        self.decoder = Decoder(
-            self.engine.on_trade, self.engine.on_quote, self.engine.on_bar, self._on_control
-        )
+        self.decoder = Decoder(self.engine.on_events, self._on_control)
         self._server: Any = None
         self.feed: StreamFeed | None = None
         self._gap_from: int | None = None

@@ -1,0 +1,169 @@
+"""The decoder: the C fast path and the message-by-message slow path give the same events.
+
+Frames are the replay server's own bytes for real recorded data (ES trades, 1-minute bars),
+compared against ``recording.events``, the independent row-to-event converter.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+import orjson
+import pytest
+
+from tests.conftest import OPEN_FIXTURE
+from tradeday import recording
+from tradeday.decode import Decoder, Event
+from tradeday.events import Bar, Quote, Trade
+from tradeday.replay.wire import Block, Format, join
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.calls = 0
+        self.controls: list[dict] = []
+
+    def decoder(self) -> Decoder:
+        return Decoder(self.on_events, self.controls.append)
+
+    def on_events(self, events: list[Event]) -> None:
+        self.calls += 1
+        self.events += events
+
+
+def fields(event: Event) -> tuple:
+    kind = next(c for c in type(event).__mro__ if c in (Trade, Quote, Bar))
+    return (kind.__name__, *(getattr(event, f) for f in event.__struct_fields__))
+
+
+def served_frames(table, per_frame: int) -> list[bytes]:
+    items = Block(table, 0, len(table)).encoded(Format.JSON)
+    return [join(items[i : i + per_frame], Format.JSON) for i in range(0, len(items), per_frame)]
+
+
+@pytest.fixture(scope="module")
+def real_tables():
+    bars = recording.load(recording.bundled(date(2023, 1, 9)), kinds=["b"])
+    return [recording.load(OPEN_FIXTURE, kinds=["t"]), bars]
+
+
+@pytest.mark.parametrize("per_frame", [1, 7, 100])
+def test_fast_path_gives_the_recorded_events(real_tables, per_frame: int) -> None:
+    for table in real_tables:
+        expected = [fields(e) for _, e in recording.events(table)]
+        sink = Sink()
+        decoder = sink.decoder()
+        frames = served_frames(table, per_frame)
+        for raw in frames:
+            decoder.feed(raw.decode())
+        assert decoder.stats.slow_frames == 0
+        assert sink.calls == len(frames)
+        assert [fields(e) for e in sink.events] == expected
+        assert all(type(e.ts) is int for e in sink.events)
+        assert decoder.stats.trades + decoder.stats.bars == len(expected)
+        assert decoder.stats.skipped == 0
+
+
+def test_slow_path_gives_the_same_events(real_tables) -> None:
+    """A control message in every frame sends each one down the slow path."""
+    for table in real_tables:
+        expected = [fields(e) for _, e in recording.events(table)]
+        sink = Sink()
+        decoder = sink.decoder()
+        frames = served_frames(table, 100)
+        for raw in frames:
+            decoder.feed(raw[:-1] + b',{"T":"success","msg":"authenticated"}]')
+        assert decoder.stats.slow_frames == len(frames)
+        assert len(sink.controls) == decoder.stats.control == len(frames)
+        assert [fields(e) for e in sink.events] == expected
+        assert decoder.stats.skipped == 0
+
+
+T0 = "2013-09-03T13:30:00.040000000Z"
+T1 = "2013-09-03T13:30:01.000000000Z"
+T2 = "2013-09-03T13:30:02.500000000Z"
+
+
+def trade(ts: str, size: int, symbol: str = "ES", **kw) -> dict:
+    return {
+        "T": "t",
+        "S": symbol,
+        "i": 1,
+        "x": "CME",
+        "p": 1646.5,
+        "s": size,
+        "c": [],
+        "t": ts,
+    } | kw
+
+
+def test_fast_path_drops_bad_stamps_and_out_of_order_prints() -> None:
+    frame = [
+        trade(T1, 1),
+        trade("yesterday", 2),
+        trade(T0, 3),  # earlier than ES's last: out of order
+        trade(T0, 4, symbol="NQ"),  # earlier, but another symbol's first
+        trade(T2, 5),
+    ]
+    sink = Sink()
+    decoder = sink.decoder()
+    decoder.feed(orjson.dumps(frame))
+    stats = decoder.stats
+    assert stats.slow_frames == 0
+    assert (stats.trades, stats.bad_messages, stats.out_of_order) == (3, 1, 1)
+    assert [(e.symbol, e.size, e.ts) for e in sink.events] == [
+        ("ES", 1, 1_378_215_001_000_000_000),
+        ("NQ", 4, 1_378_215_000_040_000_000),
+        ("ES", 5, 1_378_215_002_500_000_000),
+    ]
+
+
+def test_slow_path_counts_each_kind_of_bad_message_once() -> None:
+    frame = [
+        {"T": "success", "msg": "authenticated"},
+        trade(T0, 1),
+        {"T": "q", "S": "ES", "bp": 1646.25, "bs": 3, "ap": 1646.5, "as": 9, "t": T0},
+        {"T": "b", "S": "ES", "o": 1, "h": 2, "l": 0.5, "c": 1.5, "v": 10, "n": None, "t": T0},
+        {"T": "x", "S": "ES", "t": T1},  # unknown type
+        {k: v for k, v in trade(T1, 2).items() if k != "p"},  # no price
+        trade(T1, "many"),  # size not a number
+        trade(T0, 3, x=None, c=None),  # nulls Alpaca never sends: still a good print
+        trade(T0, 4, symbol="QQQ") | {"t": T2[:-1] + "+00:00"},  # an explicit offset
+        "not a message",
+    ]
+    sink = Sink()
+    decoder = sink.decoder()
+    decoder.feed(orjson.dumps(frame))
+    decoder.feed(b"[{not json")
+    decoder.feed(orjson.dumps(trade(T1, 5)))  # one message, not in an array
+    stats = decoder.stats
+    assert stats.slow_frames == 3
+    assert stats.control == 1 and sink.controls == [frame[0]]
+    assert (stats.trades, stats.quotes, stats.bars) == (4, 1, 1)
+    assert (stats.unknown_messages, stats.bad_messages, stats.malformed_frames) == (1, 3, 1)
+    assert stats.out_of_order == 0
+    assert [fields(e) for e in sink.events] == [
+        ("Trade", "ES", 1_378_215_000_040_000_000, 1646.5, 1, "CME", ()),
+        ("Quote", "ES", 1_378_215_000_040_000_000, 1646.25, 3, 1646.5, 9),
+        ("Bar", "ES", 1_378_215_000_040_000_000, 1.0, 2.0, 0.5, 1.5, 10, 0, 0.0),
+        ("Trade", "ES", 1_378_215_000_040_000_000, 1646.5, 3, "", ()),
+        ("Trade", "QQQ", 1_378_215_002_500_000_000, 1646.5, 4, "CME", ()),
+        ("Trade", "ES", 1_378_215_001_000_000_000, 1646.5, 5, "CME", ()),
+    ]
+    assert all(type(e) in (Trade, Quote, Bar) for e in sink.events)
+
+
+def test_bars_with_null_counts_stay_on_the_fast_path() -> None:
+    frame = [
+        {"T": "b", "S": "IBM", "o": 1, "h": 2, "l": 0.5, "c": 1.5, "v": 10, "n": None, "vw": None}
+        | {"t": T0},
+        {"T": "b", "S": "IBM", "o": 1, "h": 2, "l": 0.5, "c": 1.5, "v": 10, "n": 7, "vw": 1.2}
+        | {"t": T1},
+    ]
+    sink = Sink()
+    decoder = sink.decoder()
+    decoder.feed(orjson.dumps(frame))
+    assert decoder.stats.slow_frames == 0
+    assert [(e.trade_count, e.vwap) for e in sink.events] == [(0, 0.0), (7, 1.2)]
+    assert all(isinstance(e, Bar) for e in sink.events)
