@@ -167,3 +167,25 @@ def test_bars_with_null_counts_stay_on_the_fast_path() -> None:
     assert decoder.stats.slow_frames == 0
     assert [(e.trade_count, e.vwap) for e in sink.events] == [(0, 0.0), (7, 1.2)]
     assert all(isinstance(e, Bar) for e in sink.events)
+
+
+def test_fast_path_parses_every_rfc3339_form_alpaca_may_send() -> None:
+    stamps = [
+        "2013-09-03T13:30:00.040000000Z",
+        "2013-09-03T13:30:00.0400+00:00",  # 30 characters like the cached form, not UTC "Z"
+        "2013-09-03T09:30:00.5-04:00",
+        "2013-09-03T13:30:01Z",
+        "2013-09-03T13:30:01.123456789123Z",  # more than nine digits: truncated
+    ]
+    sink = Sink()
+    decoder = sink.decoder()
+    decoder.feed(orjson.dumps([trade(ts, i) for i, ts in enumerate(stamps)]))
+    assert decoder.stats.slow_frames == 0 and decoder.stats.skipped == 0
+    base = 1_378_215_000_000_000_000
+    assert [e.ts - base for e in sink.events] == [
+        40_000_000,
+        40_000_000,
+        500_000_000,
+        1_000_000_000,
+        1_123_456_789,
+    ]
