@@ -15,6 +15,9 @@ the tail also holds the cost of a CPU waking from idle (on a VM, the guest halts
 hypervisor may run others). ``wake-up`` separates that from tradeday's code: the same
 6-trade frames of the recorded day go through a session's decoder and engine (no socket)
 after 1.2 ms asleep, and after 1.2 ms of busy-waiting that keeps the core awake.
+``machine`` counts the pauses a thread that never sleeps sees: a frame that takes w µs
+meets one with a chance of about rate × (w + a pause's length); once that passes 1 %,
+the p99 measures the machine's pauses, not tradeday's code.
 """
 
 from __future__ import annotations
@@ -164,6 +167,24 @@ def wake_up(frames: int) -> dict[str, list[float]]:
     return {k: sorted(v) for k, v in timings.items()}
 
 
+def stalls(seconds: float) -> list[float]:
+    """µs of each pause longer than 20 µs seen by a thread that never sleeps.
+
+    Whatever stops a busy thread (interrupts, the hypervisor running something else) stops
+    the feed thread the same way: this is the machine's floor under any latency tail.
+    """
+    clock = time.perf_counter_ns
+    last = clock()
+    end = last + int(seconds * 1e9)
+    gaps: list[float] = []
+    while last < end:
+        now = clock()
+        if now - last > 20_000:
+            gaps.append((now - last) / 1000)
+        last = now
+    return sorted(gaps)
+
+
 def run(quick: bool = False) -> list[Row]:
     probe, info = measure(1.0 if quick else 30.0)
     rows = []
@@ -191,6 +212,20 @@ def run(quick: bool = False) -> list[Row]:
         rows.append(
             Row("latency", f"trades per frame p{q}", percentile(sizes, q), "trades", note=note)
         )
+    seconds = 0.5 if quick else 3.0
+    gaps = stalls(seconds)
+    rows += [
+        Row(
+            "machine",
+            "pauses > 20 µs of a busy thread",
+            len(gaps) / seconds,
+            "per s",
+            note=f"over {seconds:g} s of a loop that only reads the clock",
+        ),
+        Row("machine", "pause p50", percentile(gaps, 50), "µs"),
+        Row("machine", "pause max", gaps[-1] if gaps else 0.0, "µs"),
+        Row("machine", "time lost to pauses", sum(gaps) / seconds / 1e4, "%"),
+    ]
     for state, us in wake_up(400 if quick else 6000).items():
         for q in (50, 99):
             note = f"{len(us):,} frames of 6 ES trades, no socket" if q == 50 else ""

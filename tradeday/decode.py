@@ -35,7 +35,7 @@ def parse_rfc3339_ns(text: str) -> int:
     """
     if text[-1] != "Z":
         return _parse_with_offset(text)
-    prefix = text[:19]
+    prefix = text[:20]  # with the "." when there is a fraction: the frame loop relies on it
     base = _second_cache.get(prefix)
     if base is None:
         base = int(datetime.fromisoformat(text[:16] + ":00+00:00").timestamp()) * NS_PER_S
@@ -146,8 +146,8 @@ class Decoder:
             if text != stamp:
                 try:
                     # parse_rfc3339_ns's common case inlined: a cached second, nine digits, Z
-                    base = seconds.get(text[:19])
-                    if base is not None and len(text) == 30 and text[19] == "." and text[29] == "Z":
+                    base = seconds.get(text[:20])
+                    if base is not None and text[29:] == "Z":
                         ns = base + int(text[20:29])
                     else:
                         ns = parse_rfc3339_ns(text)
