@@ -92,8 +92,10 @@ def _wait(what: str, check: Any, timeout: float, every: float = 0.02) -> Any:
 
 
 def cancel_once(api: httpx.Client, deployment_id: str, ledger: Path) -> dict[str, float]:
-    run = api.post(f"/deployments/{deployment_id}/create_flow_run", json={}).json()
-    flow_run_id = run["id"]
+    response = api.post(f"/deployments/{deployment_id}/create_flow_run", json={})
+    if response.status_code != 201:
+        raise RuntimeError(f"creating a run: HTTP {response.status_code} {response.text[:500]}")
+    flow_run_id = response.json()["id"]
     _wait(
         "an open position",
         lambda: _ledger_state(ledger, flow_run_id)[1] > 0,
