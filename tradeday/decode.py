@@ -35,7 +35,7 @@ def parse_rfc3339_ns(text: str) -> int:
     """
     if text[-1] != "Z":
         return _parse_with_offset(text)
-    prefix = text[:20]  # with the "." when there is a fraction: the frame loop relies on it
+    prefix = text[:19] + "."  # the key the frame loop looks up: seconds and the fraction's dot
     base = _second_cache.get(prefix)
     if base is None:
         base = int(datetime.fromisoformat(text[:16] + ":00+00:00").timestamp()) * NS_PER_S
