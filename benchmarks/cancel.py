@@ -92,7 +92,13 @@ def _wait(what: str, check: Any, timeout: float, every: float = 0.02) -> Any:
 
 
 def cancel_once(api: httpx.Client, deployment_id: str, ledger: Path) -> dict[str, float]:
-    response = api.post(f"/deployments/{deployment_id}/create_flow_run", json={})
+    for attempt in range(
+        6
+    ):  # Prefect answers 503 while its SQLite is busy: retry, as its client does
+        response = api.post(f"/deployments/{deployment_id}/create_flow_run", json={})
+        if response.status_code != 503:
+            break
+        time.sleep(0.25 * 2**attempt)
     if response.status_code != 201:
         raise RuntimeError(f"creating a run: HTTP {response.status_code} {response.text[:500]}")
     flow_run_id = response.json()["id"]
