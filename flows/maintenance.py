@@ -18,16 +18,21 @@ from tradeday.ledger import Ledger
 from tradeday.session import account_of
 
 DEFAULT_LEDGER_URL = SessionConfig.model_fields["ledger_url"].default
+DEFAULT_REPORT_PATH = SessionConfig.model_fields["report_path"].default
 
 
 @flow(name="flatten-now", flow_run_name="flatten-now-{broker.kind}")
 def flatten_now(
     broker: BrokerConfig = BrokerConfig(),  # noqa: B008 - frozen pydantic default
     ledger_url: str = DEFAULT_LEDGER_URL,
+    report_path: str = DEFAULT_REPORT_PATH,
 ) -> dict:
-    """Flatten every crashed run on this broker account; close the account if it is owned."""
+    """Flatten every crashed run on this broker account; close the account if it is owned.
+
+    Each flattened run is written into the DuckDB report at ``report_path``.
+    """
     logger = get_run_logger()
-    config = SessionConfig(broker=broker, ledger_url=ledger_url)
+    config = SessionConfig(broker=broker, ledger_url=ledger_url, report_path=report_path)
     credentials = alpaca_credentials() if broker.kind == "alpaca" else None
     recovered = recover_crashed_runs(
         config, credentials, by="flatten-now"

@@ -8,6 +8,7 @@ from prefect.cache_policies import NO_CACHE
 from tradeday.config import SessionConfig
 from tradeday.ledger import Ledger
 from tradeday.recovery import recover
+from tradeday.report import write_report
 from tradeday.session import Credentials, account_of, make_broker
 
 
@@ -15,17 +16,29 @@ from tradeday.session import Credentials, account_of, make_broker
 def recover_crashed_runs(
     config: SessionConfig, credentials: Credentials | None, by: str
 ) -> list[dict]:
-    """``by`` names who recovers (e.g. "flatten-now"), for the crashed run's message."""
+    """``by`` names who recovers (e.g. "flatten-now"), for the crashed run's message.
+
+    Each recovered run is then written into ``config.report_path``, so the DuckDB report
+    shows the crashed session, its recovery fills and its P&L without waiting for the
+    end-of-day report. A report that cannot be written is logged, never raised: the
+    positions are already closed, and the end-of-day report can write it again.
+    """
     logger = get_run_logger()
     ledger = Ledger(config.ledger_url)
     broker = make_broker(config, credentials)
     try:
         done = recover(ledger, broker, account_of(config, credentials), by=by)
+        for rec in done:
+            logger.warning(
+                "recovered crashed run %s: closed %s", rec.run_id, rec.closed or "nothing"
+            )
+            try:
+                write_report(ledger, rec.run_id, config.report_path)
+            except Exception:
+                logger.exception("crashed run %s: report not written", rec.run_id)
     finally:
         broker.close()
         ledger.close()
-    for rec in done:
-        logger.warning("recovered crashed run %s: closed %s", rec.run_id, rec.closed or "nothing")
     if not done:
         logger.info("no crashed runs to recover")
     return [{"run_id": r.run_id, "closed": r.closed, "fills": r.fills} for r in done]

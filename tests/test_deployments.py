@@ -12,6 +12,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import duckdb
 import pytest
 from conftest import DEPLOYMENTS, PrefectServer, wait_until
 from prefect import flow
@@ -172,21 +173,35 @@ def test_flatten_now_closes_what_a_killed_run_left_open(
             left = {p.symbol: p.qty for p in ledger.positions(run.run_id) if p.qty}
             flatten = api.post(
                 f"/deployments/{deployment(api, 'flatten-now')['id']}/create_flow_run",
-                json={"parameters": {"ledger_url": session_paths["ledger_url"]}},
+                json={"parameters": {k: session_paths[k] for k in ("ledger_url", "report_path")}},
             )
             assert flatten.status_code == 201, flatten.text
             flattened = wait_final(api, flatten.json()["id"])
         after = ledger.run(run.run_id)
         positions = ledger.positions(run.run_id)
         recovery = [o for o in ledger.orders(run.run_id) if o.purpose == "recovery"]
+        all_fills = ledger.fills(run.run_id)
+        n_fills = len(all_fills)
+        cash = -sum(f.qty * f.price * (1 if f.side == "buy" else -1) + f.fee for f in all_fills)
     finally:
         ledger.close()
+    with duckdb.connect(session_paths["report_path"], read_only=True) as con:
+        reported = con.execute(
+            "SELECT s.status, s.fills, sum(p.net), sum(p.end_position) FROM sessions s "
+            "JOIN pnl p USING (session_id) WHERE session_id = ? GROUP BY ALL",
+            [run.run_id],
+        ).fetchall()
     print(f"\nflatten-now: killed run left {left}; recovered with {len(recovery)} order(s)")
     assert crashed["state_type"] == "CRASHED"
     assert left and flattened["state_type"] == "COMPLETED", flattened["state"]
     assert after.status == "crashed" and "flatten-now" in after.message
     assert all(p.qty == 0 for p in positions)
     assert [(o.symbol, o.side, o.qty) for o in recovery] == [("ES", "sell", left["ES"])]
+    # the crashed session is in the DuckDB report at once, its P&L the cash its fills moved
+    ((status, fills, net, end_qty),) = reported
+    assert (status, end_qty) == ("crashed", 0)
+    assert fills == n_fills
+    assert net == pytest.approx(cash, abs=1e-6)
 
 
 def test_progress_artifact_is_throttled(prefect_harness, monkeypatch):

@@ -291,8 +291,10 @@ def build_frames(ledger: Ledger, run_id: str) -> dict[str, pd.DataFrame]:
                 "ticks": counters.get("ticks", 0),
                 "skipped": counters.get("skipped", 0),
                 "reconnects": counters.get("reconnects", 0),
-                "orders": counters.get("orders", 0),
-                "fills": counters.get("fills", 0),
+                # counted from the rows, not the run's counters: a crashed run's last
+                # counters predate its recovery orders
+                "orders": len(orders),
+                "fills": len(fills),
                 "risk_rejections": counters.get("risk_rejections", 0),
                 "max_drawdown": drawdown,
                 "sharpe": sharpe,
