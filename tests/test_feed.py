@@ -12,6 +12,7 @@ from tradeday import recording
 from tradeday.calendar import session_window
 from tradeday.config import parse_session_config
 from tradeday.decode import Decoder
+from tradeday.engine import EventError
 from tradeday.events import Bar, Quote, Trade
 from tradeday.feed import FeedError, StreamFeed
 from tradeday.replay.server import Faults, ReplayServer
@@ -182,3 +183,40 @@ def test_silent_stream_is_detected_and_reconnected(tape, tmp_path):
     assert stale >= 1
     assert result.counters["reconnects"] == stale
     assert result.counters["trades"] == len(rows)
+
+
+class Faulty:
+    """Wraps the session's model and raises on the 100th trade, as a model's bug would."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.seen = 0
+
+    def on_trade(self, trade: Trade, position: int):
+        self.seen += 1
+        if self.seen == 100:
+            return 1 / 0
+        return self.inner.on_trade(trade, position)
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+
+def test_a_model_error_ends_the_session_flat_with_its_message(tape, tmp_path):
+    table, _ = tape
+    with ReplayServer(table) as server:
+        session = _session(tmp_path, server.url)
+        session.engine.model = Faulty(session.engine.model)
+        try:
+            with pytest.raises(EventError) as raised:
+                session.run()
+        finally:
+            result = session.shutdown("failed", str(raised.value))
+            session.close()
+    message = str(raised.value)
+    assert message.startswith("ZeroDivisionError: division by zero, handling Trade(ES ")
+    assert message.endswith("(model volume_modulo)")
+    assert isinstance(raised.value.__cause__, ZeroDivisionError)
+    assert session.feed is not None and session.feed.stats.connects == 1  # not a "drop"
+    assert session.feed.stats.drops == 0
+    assert result.counters["trades"] < len(table) and result.final_positions == {}

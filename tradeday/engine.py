@@ -24,6 +24,10 @@ from tradeday.risk import MINUTE_NS, RiskGate
 _NEVER = 2**63  # stop time of an engine that has none
 
 
+class EventError(RuntimeError):
+    """Handling a market event raised: most often a bug in the model, named in the message."""
+
+
 @dataclass
 class EngineStats:
     events: int = 0
@@ -80,7 +84,10 @@ class Engine:
         """A frame's events in order: tick time, the broker's fills, then the model.
 
         One lock and one set of look-ups per frame, not per event: this loop is the whole
-        per-tick cost of a session besides decoding, so it is written out flat.
+        per-tick cost of a session besides decoding, so it is written out flat. Anything
+        raised while handling an event comes out as :class:`EventError` naming the event
+        and the model, so the session ends with that message (and flattens) instead of the
+        feed mistaking it for a dropped connection.
         """
         stats = self.stats
         stop_at = self.stop_at_ns if self.stop_at_ns is not None else _NEVER
@@ -94,60 +101,66 @@ class Engine:
             clock = self.clock
             next_minute = self._next_minute_ns
             counted = 0
-            for ev in events:
-                ts = ev.ts
-                if ts >= stop_at:
-                    stats.after_stop += 1
-                    self.request_stop("close")
-                    continue
-                if ts > clock:
-                    self.clock = clock = ts
-                    if ts >= next_minute:
-                        self._close_minute(ts)
-                        next_minute = self._next_minute_ns
-                counted += 1
-                symbol = ev.symbol
-                if isinstance(ev, Trade):
-                    price = ev.price
-                    pos = positions.get(symbol)
-                    if marks.get(symbol) != price:
-                        marks[symbol] = price
-                        if pos is not None and pos.qty:
-                            self._net_moved = True  # only a held price moves net P&L
-                    broker.on_trade(ev)
-                    if executions or self._net_moved:
-                        self._drain()
-                        pos = positions.get(symbol)
-                    if self.halt_pending:
-                        continue  # the kill switch tripped: no more model orders today
-                    orders = model.on_trade(ev, pos.qty if pos is not None else 0)
-                elif isinstance(ev, Quote):
-                    broker.on_quote(ev)
-                    if executions or self._net_moved:
-                        self._drain()
-                    if self.halt_pending:
+            try:
+                for ev in events:
+                    ts = ev.ts
+                    if ts >= stop_at:
+                        stats.after_stop += 1
+                        self.request_stop("close")
                         continue
-                    price = (ev.bid_price + ev.ask_price) / 2
-                    pos = positions.get(symbol)
-                    orders = model.on_quote(ev, pos.qty if pos is not None else 0)
-                else:
-                    price = ev.close
-                    pos = positions.get(symbol)
-                    if marks.get(symbol) != price:
-                        marks[symbol] = price
-                        if pos is not None and pos.qty:
-                            self._net_moved = True
-                    broker.on_bar(ev)
-                    if executions or self._net_moved:
-                        self._drain()
+                    if ts > clock:
+                        self.clock = clock = ts
+                        if ts >= next_minute:
+                            self._close_minute(ts)
+                            next_minute = self._next_minute_ns
+                    counted += 1
+                    symbol = ev.symbol
+                    if isinstance(ev, Trade):
+                        price = ev.price
                         pos = positions.get(symbol)
-                    if self.halt_pending:
-                        continue
-                    orders = model.on_bar(ev, pos.qty if pos is not None else 0)
-                if orders:
-                    self._route(orders, price)
-                    self._drain()
-            stats.events += counted
+                        if marks.get(symbol) != price:
+                            marks[symbol] = price
+                            if pos is not None and pos.qty:
+                                self._net_moved = True  # only a held price moves net P&L
+                        broker.on_trade(ev)
+                        if executions or self._net_moved:
+                            self._drain()
+                            pos = positions.get(symbol)
+                        if self.halt_pending:
+                            continue  # the kill switch tripped: no more model orders today
+                        orders = model.on_trade(ev, pos.qty if pos is not None else 0)
+                    elif isinstance(ev, Quote):
+                        broker.on_quote(ev)
+                        if executions or self._net_moved:
+                            self._drain()
+                        if self.halt_pending:
+                            continue
+                        price = (ev.bid_price + ev.ask_price) / 2
+                        pos = positions.get(symbol)
+                        orders = model.on_quote(ev, pos.qty if pos is not None else 0)
+                    else:
+                        price = ev.close
+                        pos = positions.get(symbol)
+                        if marks.get(symbol) != price:
+                            marks[symbol] = price
+                            if pos is not None and pos.qty:
+                                self._net_moved = True
+                        broker.on_bar(ev)
+                        if executions or self._net_moved:
+                            self._drain()
+                            pos = positions.get(symbol)
+                        if self.halt_pending:
+                            continue
+                        orders = model.on_bar(ev, pos.qty if pos is not None else 0)
+                    if orders:
+                        self._route(orders, price)
+                        self._drain()
+            except Exception as exc:
+                raise EventError(
+                    f"{type(exc).__name__}: {exc}, handling {ev!r} (model {self.model_name})"
+                ) from exc
+            finally:
+                stats.events += counted
 
     def _close_minute(self, ts: int) -> None:
         """The first event of a new tick-time minute: buffer the marks the last one ended on.

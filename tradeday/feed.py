@@ -9,7 +9,9 @@ module keeps using that client for real and works around each of those:
   ``TerminationSignal``) lands in the session's main thread where ``finally`` flattens;
 - the auth reply is checked: 402/406/409 end the session with a clear error, no retry;
 - a dropped or silent stream is reconnected with exponential backoff and jitter, then
-  re-authenticated and resubscribed.
+  re-authenticated and resubscribed;
+- an exception while handling a frame (a model's bug, say) ends the feed with that
+  exception, which the session raises, instead of passing for a dropped connection.
 """
 
 from __future__ import annotations
@@ -136,11 +138,12 @@ class StreamFeed:
         self.stats = FeedStats()
         self.ended = threading.Event()
         self.end_reason = ""
-        self.error: FeedError | None = None
+        self.error: Exception | None = None  # why the feed ended, when it was not asked to
         self.last_frame = time.monotonic()
         self._stopping = threading.Event()
         self._client: Any = None
         self._fatal: str | None = None
+        self._frame_error: Exception | None = None
         self._random = random.Random(seed)
         self._thread = threading.Thread(target=self._run, name="tradeday-feed", daemon=True)
 
@@ -185,7 +188,14 @@ class StreamFeed:
         if self._stopping.is_set() or self._fatal is not None:
             raise _StopListening
         self.last_frame = time.monotonic()
-        self.decoder.feed(raw)
+        try:
+            self.decoder.feed(raw)
+        except Exception as exc:
+            # cpquant's listen swallows everything and would look like a dropped connection
+            log.error("feed: handling a frame failed", exc_info=True)
+            self._frame_error = exc
+            self._fatal = f"handling a frame failed: {exc}"
+            raise _StopListening from exc
         if self._resuming and self.on_resume is not None:
             self._resuming = not self.on_resume()
         if self._fatal is not None:
@@ -250,7 +260,7 @@ class StreamFeed:
                     # refused, reset, handshake or timeout: all worth a retry
                     log.warning("feed: connect to %s failed: %s", self.url, exc)
                 if self._fatal is not None:
-                    self.error = FeedError(self._fatal)
+                    self.error = self._frame_error or FeedError(self._fatal)
                     self.end_reason = "feed error"
                     return
                 if self._stopping.is_set():
