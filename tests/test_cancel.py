@@ -8,8 +8,7 @@ import time
 import pytest
 from conftest import PrefectServer, wait_until
 
-from tests.ledger_probe import fill_count
-from tradeday.ledger import Ledger
+from tests.ledger_probe import only_run, start_replay_run
 
 pytestmark = pytest.mark.slow
 
@@ -25,14 +24,7 @@ def test_cancel_via_api_flattens_and_ends_cancelled(
         **session_paths,
     }
     with served.api() as api:
-        dep = api.get("/deployments/name/trading-session/replay-day").json()
-        created = api.post(
-            f"/deployments/{dep['id']}/create_flow_run",
-            json={"parameters": {"config": config, "session_date": "2013-09-03"}},
-        )
-        assert created.status_code == 201, created.text
-        run_id = created.json()["id"]
-        wait_until(lambda: fill_count(session_paths["ledger_url"]) >= 3, 180, "the first fills")
+        run_id = start_replay_run(api, config)
 
         cancel_ns = time.time_ns()
         t0 = time.monotonic()
@@ -53,13 +45,7 @@ def test_cancel_via_api_flattens_and_ends_cancelled(
         flow_run = wait_until(final, 90, "the run to end after cancel", interval=0.2)
         to_cancelled_s = time.monotonic() - t0
 
-    ledger = Ledger(session_paths["ledger_url"])
-    try:
-        (run,) = ledger.runs()
-        fills = ledger.fills(run.run_id)
-        positions = ledger.positions(run.run_id)
-    finally:
-        ledger.close()
+    run, fills, positions = only_run(session_paths["ledger_url"])
     to_flat_s = (run.ended_ns - cancel_ns) / 1e9
     print(
         f"\ncancel -> flat (ledger run closed) {to_flat_s:.2f} s; "

@@ -13,8 +13,7 @@ import time
 import pytest
 from conftest import run_tradeday_serve, wait_until
 
-from tests.ledger_probe import fill_count
-from tradeday.ledger import Ledger
+from tests.ledger_probe import only_run, start_replay_run
 
 pytestmark = pytest.mark.slow
 
@@ -36,14 +35,7 @@ def test_stopping_serve_mid_run_flattens_and_pauses_nothing(
         run_tradeday_serve(server, serve_dir) as serve,
         server.api() as api,
     ):
-        dep = api.get("/deployments/name/trading-session/replay-day").json()
-        created = api.post(
-            f"/deployments/{dep['id']}/create_flow_run",
-            json={"parameters": {"config": config, "session_date": "2013-09-03"}},
-        )
-        assert created.status_code == 201, created.text
-        run_id = created.json()["id"]
-        wait_until(lambda: fill_count(session_paths["ledger_url"]) >= 3, 180, "the first fills")
+        run_id = start_replay_run(api, config)
 
         t0 = time.monotonic()
         serve.send_signal(signal.SIGTERM)
@@ -57,13 +49,7 @@ def test_stopping_serve_mid_run_flattens_and_pauses_nothing(
         flow_run = wait_until(final, 60, "the run to end after serve stopped", interval=0.2)
         deployments = api.post("/deployments/filter", json={}).json()
 
-    ledger = Ledger(session_paths["ledger_url"])
-    try:
-        (run,) = ledger.runs()
-        fills = ledger.fills(run.run_id)
-        positions = ledger.positions(run.run_id)
-    finally:
-        ledger.close()
+    run, fills, positions = only_run(session_paths["ledger_url"])
     print(
         f"\nserve exited {exit_code} in {serve_exit_s:.1f} s; run {flow_run['state_name']}; "
         f"{len(fills)} fills, {run.counters['ticks']} ticks before the stop"
