@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -43,3 +50,40 @@ def only_run(url: str) -> tuple[Any, list[Any], list[Any]]:
         return run, ledger.fills(run.run_id), ledger.positions(run.run_id)
     finally:
         ledger.close()
+
+
+@contextmanager
+def session_process(
+    config: dict[str, Any], tmp_path: Path, env: dict[str, str], *, fills: int, timeout: float
+) -> Iterator[tuple[subprocess.Popen, Path]]:
+    """``tradeday run`` on ``config`` in its own process, yielded once it has ``fills``
+    fills; killed on the way out if the test left it running. Yields it and its log."""
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    log = tmp_path / "session.log"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tradeday.cli",
+            "run",
+            "--config",
+            str(path),
+            "--date",
+            "2013-09-03",
+        ],
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while fill_count(config["ledger_url"]) < fills:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the session never started filling"
+            time.sleep(0.2)
+        yield proc, log
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -4,7 +4,6 @@ broker over HTTP to the project's test server, and a real SIGKILL of a session p
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -20,7 +19,7 @@ from alpaca.trading.enums import OrderSide, TimeInForce
 from alpaca.trading.requests import MarketOrderRequest
 
 from flows.session import trading_session
-from tests.ledger_probe import fill_count
+from tests.ledger_probe import session_process
 from tradeday.brokers.alpaca import AlpacaPaperBroker
 from tradeday.brokers.alpaca_testserver import AlpacaTestServer
 from tradeday.brokers.simulated import SimulatedBroker
@@ -301,29 +300,11 @@ def _kill_and_recover(server, monkeypatch, tmp_path, open_fixture, session_paths
         "risk": {"max_orders_per_minute": 100_000},
         **session_paths,
     }
-    cfg = tmp_path / "config.json"
-    cfg.write_text(json.dumps(raw))
     # the harness's API: no temporary Prefect server is started, so none can be orphaned
     env = {**os.environ, "PREFECT_API_URL": api_url, "PREFECT_HOME": str(tmp_path)}
-    log = tmp_path / "session.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tradeday.cli", "run", "--config", str(cfg), "--date", "2013-09-03"],
-        env=env,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 180
-        while fill_count(session_paths["ledger_url"]) < 40:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "the session never started filling"
-            time.sleep(0.2)
+    with session_process(raw, tmp_path, env, fills=40, timeout=180) as (proc, _):
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     ledger = Ledger(session_paths["ledger_url"])
     (crashed,) = ledger.runs()
     assert crashed.status == "running"  # as the killed process left it
