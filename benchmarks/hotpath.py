@@ -82,7 +82,7 @@ def session_decoder_us(frames: list[str], trades: int) -> float:
             if session.decoder.stats.trades != trades:
                 raise RuntimeError("the decoder dropped trades")
         finally:
-            session.ledger.close()
+            session.close()
     return us
 
 

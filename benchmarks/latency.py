@@ -163,7 +163,7 @@ def wake_up(frames: int) -> dict[str, list[float]]:
                 session.decoder.feed(raw)
                 timings["asleep" if asleep else "busy"].append((time.perf_counter_ns() - t0) / 1000)
         finally:
-            session.ledger.close()
+            session.close()
     return {k: sorted(v) for k, v in timings.items()}
 
 

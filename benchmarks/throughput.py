@@ -33,7 +33,8 @@ from benchmarks.common import (
     workdir,
 )
 from tradeday.feed import open_client
-from tradeday.session import REPLAY_KEY, TradingSession
+from tradeday.session import TradingSession
+from tradeday.sources import REPLAY_KEY
 
 TARGET_RATIO = 0.75
 

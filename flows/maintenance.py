@@ -15,7 +15,7 @@ from tasks.credentials import alpaca_credentials
 from tasks.recovery import close_account, recover_crashed_runs
 from tradeday.config import BrokerConfig, SessionConfig
 from tradeday.ledger import Ledger
-from tradeday.session import account_of
+from tradeday.wiring import account_of
 
 DEFAULT_LEDGER_URL = SessionConfig.model_fields["ledger_url"].default
 DEFAULT_REPORT_PATH = SessionConfig.model_fields["report_path"].default

@@ -23,6 +23,7 @@ from tradeday.config import SessionConfig
 from tradeday.ledger import Ledger
 from tradeday.report import write_report
 from tradeday.session import TradingSession, result_dict
+from tradeday.wiring import needs_credentials
 
 
 def _run_name() -> str:
@@ -47,11 +48,7 @@ def trading_session(config: SessionConfig = SessionConfig(), session_date: date 
     if isinstance(window, MarketClosed):
         logger.info("%s: nothing to do", window)
         return Completed(message=str(window), data={"status": "closed", "reason": window.reason})
-    credentials = (
-        alpaca_credentials()
-        if config.broker.kind == "alpaca" or config.feed.source != "replay"
-        else None
-    )
+    credentials = alpaca_credentials() if needs_credentials(config) else None
     recover_crashed_runs(config, credentials, by=f"the {day} {config.model.name} session's start")
     progress = SessionProgress(f"{day} {config.model.name}: share of the session done", logger)
     session = TradingSession(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from tradeday.session import Credentials
+from tradeday.wiring import Credentials
 
 ENV_KEY_ID = "APCA_API_KEY_ID"
 ENV_SECRET = "APCA_API_SECRET_KEY"

@@ -5,11 +5,12 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from tradeday.brokers.base import AccountCloser
 from tradeday.config import SessionConfig
 from tradeday.ledger import Ledger
 from tradeday.recovery import recover
 from tradeday.report import write_report
-from tradeday.session import Credentials, account_of, make_broker
+from tradeday.wiring import Credentials, account_of, make_broker
 
 
 @task(name="recover", cache_policy=NO_CACHE)
@@ -47,13 +48,12 @@ def recover_crashed_runs(
 @task(name="close-account", cache_policy=NO_CACHE)
 def close_account(config: SessionConfig, credentials: Credentials | None) -> dict[str, int]:
     """Close every position in an Alpaca account that the config says tradeday owns."""
-    from tradeday.brokers.alpaca import AlpacaPaperBroker
-
     logger = get_run_logger()
     broker = make_broker(config, credentials)
     try:
-        if not isinstance(broker, AlpacaPaperBroker):
-            raise ValueError(f"closing a whole account needs an Alpaca broker, not {broker.name}")
+        if not isinstance(broker, AccountCloser):
+            raise ValueError(f"the {broker.name} broker cannot close a whole account")
+        broker.start()
         statuses = broker.close_all_positions()
         left = broker.wait_until_flat(timeout=30.0)
     finally:

@@ -61,6 +61,7 @@ def brokers(
         options: dict[str, Any] = {"poll_interval": POLL, "backoff": 0.01, "max_backoff": 0.1}
         broker = AlpacaPaperBroker(KEY, SECRET, base_url=server.url, **(options | kwargs))
         made.append(broker)
+        broker.start()
         return broker
 
     yield make
@@ -359,12 +360,12 @@ def test_wait_until_flat_reports_what_is_left(servers, brokers) -> None:
     assert broker.wait_until_flat(["IWM"], timeout=0.05).flat
 
 
-def test_bad_keys_fail_at_construction(servers) -> None:
+def test_bad_keys_fail_at_start(servers) -> None:
     server = servers()
     with pytest.raises(
         AlpacaAuthError, match=r"refused the keys \(401: request is not authorized\)"
     ):
-        AlpacaPaperBroker(KEY, "wrong-secret", base_url=server.url)
+        AlpacaPaperBroker(KEY, "wrong-secret", base_url=server.url).start()
     with pytest.raises(AlpacaAuthError, match="both required"):
         AlpacaPaperBroker(KEY, "", base_url=server.url)
 
@@ -375,7 +376,7 @@ def test_unreachable_api_gives_up_after_bounded_backoff() -> None:
         url = f"http://127.0.0.1:{probe.getsockname()[1]}"
     started = time.monotonic()
     with pytest.raises(AlpacaUnavailable, match=r"gave up after 3 attempts"):
-        AlpacaPaperBroker(KEY, SECRET, base_url=url, max_retries=2, backoff=0.01)
+        AlpacaPaperBroker(KEY, SECRET, base_url=url, max_retries=2, backoff=0.01).start()
     assert time.monotonic() - started < 2.0
 
 
@@ -390,7 +391,7 @@ def test_keys_never_appear_in_logs_reprs_or_errors(servers, brokers, caplog) -> 
     broker.close_all_positions()
     broker.wait_until_flat()
     with pytest.raises(AlpacaAuthError) as refused:
-        AlpacaPaperBroker(KEY, SECRET + "x", base_url=server.url)
+        AlpacaPaperBroker(KEY, SECRET + "x", base_url=server.url).start()
 
     texts = [caplog.text, repr(broker), str(broker), repr(server), str(refused.value)]
     assert "retry 1/4" in caplog.text and "rejected" in caplog.text  # the scenario did log

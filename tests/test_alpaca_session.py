@@ -19,7 +19,7 @@ from tradeday import recording
 from tradeday.brokers.alpaca_testserver import AlpacaTestServer
 from tradeday.config import parse_session_config
 from tradeday.ledger import Ledger
-from tradeday.session import Credentials, account_of
+from tradeday.wiring import Credentials, account_of
 
 DAY = date(2013, 9, 3)
 KEY, SECRET = "PKSESSIONTEST01", "session-test-secret"

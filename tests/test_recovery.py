@@ -26,7 +26,7 @@ from tradeday.brokers.simulated import SimulatedBroker
 from tradeday.config import parse_session_config
 from tradeday.ledger import Batch, Ledger
 from tradeday.recovery import recover
-from tradeday.session import Credentials, account_of
+from tradeday.wiring import Credentials, account_of
 
 KEY, SECRET = "PKRECOVERYTEST1", "recovery-test-secret"
 RUN = "td-20130903-deadbeef"

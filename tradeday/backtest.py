@@ -22,16 +22,15 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-import models
 from models.base import ModelParams
 from tradeday import recording as recordings
+from tradeday import wiring
 from tradeday.book import Book
-from tradeday.brokers.simulated import SimulatedBroker
 from tradeday.calendar import session_window
 from tradeday.config import SessionConfig, parse_session_config
 from tradeday.engine import Engine, EngineStats
-from tradeday.events import NS_PER_S, Bar, SessionWindow, ns_to_datetime
-from tradeday.risk import RiskGate
+from tradeday.events import Bar, SessionWindow, ns_to_datetime
+from tradeday.sources import ReplaySource
 
 RUN_ID = "backtest"
 
@@ -101,30 +100,19 @@ def run_config(
     config: SessionConfig, window: SessionWindow, *, warmup: Sequence[Bar] = ()
 ) -> BacktestResult:
     """:func:`run` for a whole session parameter object and a market window."""
-    b = config.broker
-    if b.kind != "simulated":
+    if config.broker.kind != "simulated":
         raise ValueError(
             "a backtest trades with the simulated broker; broker.kind must be 'simulated'"
         )
-    path = Path(config.feed.recording) if config.feed.recording else recordings.bundled(window.day)
-    book = Book(b.starting_cash)
-    broker = SimulatedBroker(b.starting_cash, b.latency_ms, b.slippage_bps, b.commission_per_share)
-    model = models.get(config.model.name)(config.model, config.symbols)
-    engine = Engine(
-        RUN_ID,
-        model,
-        broker,
-        RiskGate(config.risk, book),
-        book,
-        model_name=config.model.name,
-        stop_at_ns=window.close_ns - int(config.close_buffer_minutes * 60 * NS_PER_S),
-    )
+    path = ReplaySource(config.feed, window).recording_path()
+    parts = wiring.build(config, window, run_id=RUN_ID)
+    model, engine, broker = parts.model, parts.engine, parts.broker
     if warmup:
         model.warmup(warmup)
     model.on_start(window)
-    # what a session subscribes to: trades; quotes for the simulator; bars if the model uses them
-    kinds = ["t", "q"] + (["b"] if _overrides(model, "on_bar") else [])
-    table = recordings.load(path, config.symbols, window.open_ns, window.close_ns, kinds)
+    table = recordings.load(
+        path, config.symbols, window.open_ns, window.close_ns, parts.subscriptions.kinds
+    )
     orders: dict[str, dict[str, Any]] = {}
     fills: list[dict[str, Any]] = []
     risk_events: list[dict[str, Any]] = []
@@ -147,7 +135,7 @@ def run_config(
         orders=sorted(orders.values(), key=lambda o: int(o["client_order_id"].rsplit("-", 1)[1])),
         fills=fills,
         risk_events=risk_events,
-        book=book,
+        book=parts.book,
         stats=engine.stats,
         stop_reason=engine.stop_reason or "end of data",
     )
@@ -166,7 +154,3 @@ def _collect(
         orders[update["client_order_id"]].update(update)
     fills.extend(batch.fills)
     risk_events.extend(batch.risk_events)
-
-
-def _overrides(model: models.Model, callback: str) -> bool:
-    return getattr(type(model), callback) is not getattr(models.Model, callback)

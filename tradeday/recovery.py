@@ -5,7 +5,7 @@ holds what it had flushed (about once a second) and not what happened after. At 
 start, and from ``flatten-now``, every such run on the same broker account is recovered:
 
 1. **Compare the ledger with the broker.** A broker that keeps orders across processes
-   (Alpaca: :class:`OrderHistory`) is asked for every order whose ``client_order_id``
+   (Alpaca; :class:`~tradeday.brokers.base.OrderHistory`) is asked for every order whose ``client_order_id``
    starts with the run's id, including ones sent after the last flush. Orders still
    working are cancelled first; then the ledger takes the broker's status and fills for
    each (missing orders and fills are added, matched by ``client_order_id``), and orders
@@ -28,12 +28,11 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from tradeday.book import Book, Position
-from tradeday.brokers.base import Broker, BrokerOrder, ExecType
+from tradeday.brokers.base import Broker, BrokerOrder, ExecType, OrderHistory
 from tradeday.events import NS_PER_S, Side
 from tradeday.ledger import Batch, Ledger, OrderRow, RunRow
 
@@ -58,31 +57,6 @@ class Recovered:
     fills: int = 0
     synced: int = 0
     left: dict[str, int] = field(default_factory=dict)
-
-
-class AccountOrderLike(Protocol):
-    client_order_id: str
-    broker_order_id: str
-    symbol: str
-    side: Side
-    qty: int
-    filled_qty: int
-    filled_avg_price: float
-    status: str
-    submitted_ns: int
-    updated_ns: int
-
-    @property
-    def working(self) -> bool: ...
-
-
-@runtime_checkable
-class OrderHistory(Protocol):
-    """A broker that remembers orders across processes (Alpaca does; the simulator cannot)."""
-
-    def orders_of(self, prefix: str, since_ns: int) -> Sequence[AccountOrderLike]: ...
-
-    def cancel(self, broker_order_id: str) -> None: ...
 
 
 def _process_alive(pid: int) -> bool:
@@ -117,6 +91,7 @@ def recover(
     done = []
     for run in ledger.unfinished_runs(broker.name, account):
         if is_dead(run, time.time_ns()):
+            broker.start()  # idempotent; connects only when there is something to recover
             done.append(_recover_run(ledger, broker, run, by, timeout_s))
     return done
 

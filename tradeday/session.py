@@ -1,5 +1,10 @@
 """One trading session, start to flat: the engine's lifecycle without Prefect.
 
+The parts come from :mod:`tradeday.wiring` and the ticks from a
+:class:`~tradeday.sources.Source`; this module is only the lifecycle: construct (no I/O),
+:meth:`TradingSession.start` (ledger row, broker connection), :meth:`TradingSession.run`
+(warm-up, wait for the open, stream), :meth:`TradingSession.shutdown` (flatten, record).
+
 Threads: the feed thread runs cpquant's ``listen`` and the hot path (decode, model, risk,
 broker, book). The caller's (main) thread runs :meth:`TradingSession.run`: it waits,
 flushes ledger batches, logs heartbeats, watches for a silent stream and the close, and
@@ -10,47 +15,27 @@ and records the outcome, well within Prefect's 30 s grace period.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-import models
-from tradeday import history, recording
-from tradeday.book import Book
-from tradeday.brokers.base import Broker
-from tradeday.brokers.simulated import SimulatedBroker
+from tradeday import wiring
+from tradeday.brokers.base import AccountCloser, BrokerError, OrderHistory
 from tradeday.config import SessionConfig
 from tradeday.decode import Decoder
-from tradeday.engine import Engine
 from tradeday.events import NS_PER_S, Bar, SessionWindow, ns_to_datetime
-from tradeday.feed import ENDPOINTS, StreamFeed
+from tradeday.feed import StreamFeed
 from tradeday.ledger import Ledger
-from tradeday.record import data_client
-from tradeday.risk import RiskGate
+from tradeday.sources import Source, make_source
+from tradeday.wiring import Credentials
 
 log = logging.getLogger(__name__)
 
-REPLAY_KEY = "replay"
 FLUSH_SECONDS = 1.0
 FLATTEN_TIMEOUT_S = 10.0
-
-
-class Credentials:
-    """Alpaca keys; ``repr`` never shows them."""
-
-    __slots__ = ("key_id", "secret_key")
-
-    def __init__(self, key_id: str, secret_key: str) -> None:
-        self.key_id = key_id
-        self.secret_key = secret_key
-
-    def __repr__(self) -> str:
-        return "Credentials(<redacted>)"
 
 
 @dataclass
@@ -77,31 +62,6 @@ def new_run_id(day: str) -> str:
     return f"td-{day.replace('-', '')}-{uuid.uuid4().hex[:8]}"
 
 
-def account_of(config: SessionConfig, credentials: Credentials | None) -> str:
-    """Which broker account a run trades in: recovery only touches runs of the same account."""
-    if config.broker.kind == "simulated":
-        return "simulated"
-    assert credentials is not None
-    digest = hashlib.sha256(credentials.key_id.encode()).hexdigest()[:12]
-    return f"{config.broker.alpaca_url}#{digest}"
-
-
-def make_broker(config: SessionConfig, credentials: Credentials | None) -> Broker:
-    b = config.broker
-    if b.kind == "simulated":
-        return SimulatedBroker(
-            b.starting_cash, b.latency_ms, b.slippage_bps, b.commission_per_share
-        )
-    if credentials is None:
-        raise ValueError(
-            "broker.kind is 'alpaca' but no Alpaca keys were found: set APCA_API_KEY_ID and "
-            "APCA_API_SECRET_KEY, or create the Prefect Secret blocks named in docs/operations.md"
-        )
-    from tradeday.brokers.alpaca import AlpacaPaperBroker
-
-    return AlpacaPaperBroker(credentials.key_id, credentials.secret_key, base_url=b.alpaca_url)
-
-
 class TradingSession:
     def __init__(
         self,
@@ -114,42 +74,52 @@ class TradingSession:
         deployment: str = "",
         logger: logging.Logger | logging.LoggerAdapter | None = None,
         on_progress: Callable[[float], None] | None = None,
+        source: Source | None = None,
     ) -> None:
         self.config = config
         self.window = window
         self.day = window.day.isoformat()
         self.run_id = run_id or new_run_id(self.day)
-        self.credentials = credentials
         self.log = logger or log
         self.on_progress = on_progress
         self.model_name = config.model.name
-        self.replay = config.feed.source == "replay"
-        self.stop_at_ns = window.close_ns - int(config.close_buffer_minutes * 60 * NS_PER_S)
-        self.account = account_of(config, credentials)
-        self.ledger = Ledger(config.ledger_url)
-        self.broker = make_broker(config, credentials)
-        self.book = Book(config.broker.starting_cash)
-        model_cls = models.get(self.model_name)
-        self.model = model_cls(config.model, config.symbols)
-        self.engine = Engine(
-            self.run_id,
-            self.model,
-            self.broker,
-            RiskGate(config.risk, self.book),
-            self.book,
-            model_name=self.model_name,
-            stop_at_ns=self.stop_at_ns,
-            fills_on_tick_time=self.replay and config.broker.kind != "simulated",
+        self.account = wiring.account_of(config, credentials)
+        self.source = source or make_source(config.feed, window, credentials)
+        parts = wiring.build(
+            config,
+            window,
+            run_id=self.run_id,
+            credentials=credentials,
+            tick_clock=self.source.tick_clock,
         )
+        self.model = parts.model
+        self.book = parts.book
+        self.broker = parts.broker
+        self.engine = parts.engine
+        self.subscriptions = parts.subscriptions
+        self.stop_at_ns = wiring.stop_at_ns(config, window)
         self.decoder = Decoder(self.engine.on_events, self._on_control)
-        self._server: Any = None
+        self.ledger: Ledger | None = None
         self.feed: StreamFeed | None = None
         self._gap_from: int | None = None
         self.gaps: list[tuple[int, int]] = []
         self.status = "running"
         self.message = ""
         self._finished = False
+        self.deployment = deployment
+        self.flow_run_id = flow_run_id
+        self.started_ns = 0
+
+    def __repr__(self) -> str:
+        return f"TradingSession({self.run_id}, {self.model_name}, {self.day})"
+
+    def start(self) -> None:
+        """Record the run in the ledger, then connect the broker. Idempotent."""
+        if self.ledger is not None:
+            return
+        config = self.config
         self.started_ns = time.time_ns()
+        self.ledger = Ledger(config.ledger_url)
         self.ledger.start_run(
             run_id=self.run_id,
             session_date=self.day,
@@ -159,15 +129,13 @@ class TradingSession:
             feed=config.feed.source,
             broker=config.broker.kind,
             account=self.account,
-            deployment=deployment,
-            flow_run_id=flow_run_id,
             started_ns=self.started_ns,
             heartbeat_ns=time.time_ns(),
+            deployment=self.deployment,
+            flow_run_id=self.flow_run_id,
             counters={},
         )
-
-    def __repr__(self) -> str:
-        return f"TradingSession({self.run_id}, {self.model_name}, {self.day})"
+        self.broker.start()
 
     # -- feed -----------------------------------------------------------------------------
 
@@ -193,84 +161,39 @@ class TradingSession:
         self._gap_from = None
         return True
 
-    def _stream_url(self) -> tuple[str, str, str]:
-        feed = self.config.feed
-        if self.replay:
-            if feed.url:
-                return feed.url, REPLAY_KEY, REPLAY_KEY
-            from tradeday.replay.server import ReplayServer
-
-            path = Path(feed.recording) if feed.recording else recording.bundled(self.window.day)
-            self._server = ReplayServer(
-                path,
-                start_ns=self.window.open_ns,
-                end_ns=self.window.close_ns,
-                speed=feed.speed,
-                batch=feed.batch,
-                key=REPLAY_KEY,
-                secret=REPLAY_KEY,
-            ).start()
-            self.log.info("replay server on %s streaming %s", self._server.url, path.name)
-            return self._server.url, REPLAY_KEY, REPLAY_KEY
-        if self.credentials is None:
-            raise ValueError(
-                f"feed.source {feed.source!r} needs Alpaca keys: set APCA_API_KEY_ID and "
-                "APCA_API_SECRET_KEY or the Prefect Secret blocks (docs/operations.md)"
-            )
-        return (
-            feed.url or ENDPOINTS[feed.source],
-            self.credentials.key_id,
-            self.credentials.secret_key,
-        )
-
     def _history(self) -> list[Bar]:
         """Bars before the open; a failure costs only the warm-up, never the session."""
         try:
-            if self.replay:
-                path = Path(self.config.feed.recording or recording.bundled(self.window.day))
-                return history.recorded(path, list(self.config.symbols), self.window)
-            assert self.credentials is not None
-            client = data_client(self.credentials.key_id, self.credentials.secret_key)
-            feed = "sip" if self.config.feed.source == "sip" else "iex"
-            return history.live(client, list(self.config.symbols), self.window, feed)
+            return self.source.history(self.config.symbols)
         except Exception as exc:  # network, a missing file: trade without the warm-up
             self.log.warning("warm-up skipped: %s: %s", type(exc).__name__, exc)
             return []
-
-    def _wait_for_open(self) -> None:
-        """Live sessions start before the open; connect a minute ahead of it."""
-        if self.replay:
-            return
-        lead_ns = 60 * NS_PER_S
-        while (wait := (self.window.open_ns - lead_ns - time.time_ns()) / NS_PER_S) > 0:
-            self.log.info("waiting %.0f s for the open at %s", wait, self.window.open.isoformat())
-            if self.engine.stop_requested.wait(min(wait, 300.0)):
-                return
 
     # -- main thread ----------------------------------------------------------------------
 
     def run(self) -> None:
         """Stream until the close (less the buffer), the end of the recording, or a stop."""
-        if _overrides(self.model, "warmup"):
+        self.start()
+        if wiring.uses(self.model, "warmup"):
             history = self._history()
             self.log.info("warm-up: %d bars before the open", len(history))
             self.model.warmup(history)
         self.model.on_start(self.window)
-        self._wait_for_open()
+        self.source.wait_for_open(self.engine.stop_requested, self.log)
         if self.engine.stop_requested.is_set():
             return
-        url, key, secret = self._stream_url()
-        cfg = self.config
+        endpoint = self.source.open()
+        cfg, subs = self.config, self.subscriptions
         self.feed = StreamFeed(
-            url,
-            key,
-            secret,
+            endpoint.url,
+            endpoint.key,
+            endpoint.secret,
             cfg.symbols,
             self.decoder,
-            trades=True,
-            quotes=_overrides(self.model, "on_quote") or cfg.broker.kind == "simulated",
-            bars=_overrides(self.model, "on_bar"),
-            backoff_base=0.05 if self.replay else 0.5,
+            trades=subs.trades,
+            quotes=subs.quotes,
+            bars=subs.bars,
+            backoff_base=self.source.backoff_base,
             on_reconnect=self._on_reconnect,
             on_resume=self._on_resume,
         )
@@ -290,11 +213,11 @@ class TradingSession:
                     raise self.feed.error
                 self.engine.request_stop(self.feed.end_reason or "feed ended")
                 break
-            if not self.replay and time.time_ns() >= self.stop_at_ns:
+            if self.source.past(self.stop_at_ns):
                 self.engine.request_stop("close")
                 break
-            if self.feed.seconds_since_frame() > cfg.feed.stale_after_s and self._market_hours():
-                self.feed.force_reconnect(f"no data for {cfg.feed.stale_after_s:.0f} s")
+            if self.source.is_stale(self.feed.seconds_since_frame()):
+                self.feed.force_reconnect(f"no data for {self.source.stale_after_s:.0f} s")
                 self.feed.last_frame = time.monotonic()
             if now - last_flush >= FLUSH_SECONDS:
                 self.flush()
@@ -304,12 +227,6 @@ class TradingSession:
                 last_beat = now
         if self.engine.halt_pending:  # the engine flattened at the trip and asked to stop
             self.log.error("kill switch: %s; stopped for the day", self.engine.risk.halted_reason)
-
-    def _market_hours(self) -> bool:
-        if self.replay:
-            return True
-        now = time.time_ns()
-        return self.window.open_ns <= now < self.window.close_ns
 
     def counters(self) -> dict[str, Any]:
         d = self.decoder.stats
@@ -350,6 +267,7 @@ class TradingSession:
 
     def flush(self, *, positions: bool = False) -> None:
         """Write what the engine buffered; runs on the main thread, never per tick."""
+        assert self.ledger is not None, "flush() before start()"
         batch = self.engine.take_batch(positions=positions)
         batch.run_update = {"heartbeat_ns": time.time_ns(), "counters": self.counters()}
         self.ledger.write(batch, self.run_id)
@@ -365,8 +283,13 @@ class TradingSession:
         t0 = time.monotonic()
         if self.feed is not None:
             self.feed.stop()
-        if self._server is not None:
-            self._server.stop()
+        self.source.close()
+        self.status = status
+        reason = self.engine.stop_reason
+        self.message = message or (f"ended at {reason}" if reason else status)
+        if self.ledger is None:  # it never started: nothing was sent, nothing to record
+            self.broker.close()
+            return self.result()
         deadline = time.monotonic() + FLATTEN_TIMEOUT_S
         self.broker.flush(self.engine.clock)  # a simulator settles what it still holds
         self._settle(deadline)  # a real broker's in-flight orders land before we offset
@@ -375,20 +298,13 @@ class TradingSession:
             self.log.info("flatten: sent %s", sent)
         self.broker.flush(self.engine.clock)
         self._settle(deadline, flat=True)
-        self.status = status
-        reason = self.engine.stop_reason
-        self.message = message or (f"ended at {reason}" if reason else status)
-        if self.config.broker.owns_account and self.config.broker.kind == "alpaca":
-            self.message += self._close_account(deadline)
+        if self.config.broker.owns_account and isinstance(self.broker, AccountCloser):
+            self.message += self._close_account(self.broker, deadline)
         left = self.book.open_positions()
         if left:
-            self.status = "failed" if status == "completed" else status
-            self.message += f"; NOT FLAT after {FLATTEN_TIMEOUT_S:.0f} s: {left}"
-            self.log.error("positions left open: %s", left)
-        elif self.config.broker.kind == "alpaca" and (stray := self._left_at_broker()):
-            self.status = "failed" if status == "completed" else status
-            self.message += f"; the broker still has this session's {stray}"
-            self.log.error("left at the broker: %s", stray)
+            self._fail(f"NOT FLAT after {FLATTEN_TIMEOUT_S:.0f} s: {left}")
+        elif isinstance(self.broker, OrderHistory) and (stray := self._left_at_broker(self.broker)):
+            self._fail(f"the broker still has this session's {stray}")
         self.flush(positions=True)
         self.ledger.finish_run(
             self.run_id, self.status, self.message, time.time_ns(), self.counters()
@@ -403,6 +319,12 @@ class TradingSession:
         )
         return self.result()
 
+    def _fail(self, what: str) -> None:
+        """Shutdown found the session not clean: a completed run becomes failed, and says why."""
+        self.status = "failed" if self.status == "completed" else self.status
+        self.message += f"; {what}"
+        self.log.error("%s", what)
+
     def _settle(self, deadline: float, *, flat: bool = False) -> None:
         """Wait (until ``deadline``) for no order in flight and, with ``flat``, no position."""
         while (
@@ -411,38 +333,28 @@ class TradingSession:
             time.sleep(0.05)
             self.engine.drain()
 
-    def _close_account(self, deadline: float) -> str:
-        """A session that owns its Alpaca account closes everything else in it too.
+    def _close_account(self, broker: AccountCloser, deadline: float) -> str:
+        """A session that owns its account closes everything else in it too.
 
-        ``DELETE /v2/positions?cancel_orders=true`` after this session's own flatten, so
-        its own positions still close with its own, recorded orders.
+        After this session's own flatten, so its own positions still close with its own,
+        recorded orders.
         """
-        from tradeday.brokers.alpaca import AlpacaError, AlpacaPaperBroker
-
-        assert isinstance(self.broker, AlpacaPaperBroker)
         try:
-            statuses = self.broker.close_all_positions()
-            left = self.broker.wait_until_flat(timeout=max(1.0, deadline - time.monotonic()))
-        except AlpacaError as err:  # shutdown must still record the run
-            return self._account_not_flat(str(err))
-        if not left.flat:
-            return self._account_not_flat(str(left))
+            statuses = broker.close_all_positions()
+            left = broker.wait_until_flat(timeout=max(1.0, deadline - time.monotonic()))
+        except BrokerError as err:  # shutdown must still record the run
+            left = err
+        if isinstance(left, BrokerError) or not left.flat:
+            self._fail(f"account NOT FLAT after close-all: {left}")
+            return ""
         self.log.warning("owns the account: closed every position in it: %s", statuses or "none")
         return f"; closed the whole account ({len(statuses)} positions)" if statuses else ""
 
-    def _account_not_flat(self, what: str) -> str:
-        self.status = "failed" if self.status == "completed" else self.status
-        self.log.error("owns the account, but it is not flat: %s", what)
-        return f"; account NOT FLAT after close-all: {what}"
-
-    def _left_at_broker(self) -> str:
+    def _left_at_broker(self, broker: OrderHistory) -> str:
         """Ask the broker, not the book: this session's open orders and net filled position."""
-        from tradeday.brokers.alpaca import AlpacaError, AlpacaPaperBroker
-
-        assert isinstance(self.broker, AlpacaPaperBroker)
         try:
-            mine = self.broker.orders_of(f"{self.run_id}-", since_ns=self.started_ns)
-        except AlpacaError as err:  # shutdown must still record the run
+            mine = broker.orders_of(f"{self.run_id}-", since_ns=self.started_ns)
+        except BrokerError as err:  # shutdown must still record the run
             return f"unverified orders ({err})"
         net: dict[str, int] = {}
         for order in mine:
@@ -474,11 +386,8 @@ class TradingSession:
         )
 
     def close(self) -> None:
-        self.ledger.close()
-
-
-def _overrides(model: models.Model, callback: str) -> bool:
-    return getattr(type(model), callback) is not getattr(models.Model, callback)
+        if self.ledger is not None:
+            self.ledger.close()
 
 
 def result_dict(result: SessionResult) -> dict[str, Any]:

@@ -49,7 +49,15 @@ from alpaca.trading.models import Order
 from alpaca.trading.requests import GetOrdersRequest, LimitOrderRequest, MarketOrderRequest
 from requests.adapters import HTTPAdapter
 
-from tradeday.brokers.base import Broker, BrokerOrder, ExecType, Execution
+from tradeday.brokers.base import (
+    AccountOrder,
+    Broker,
+    BrokerError,
+    BrokerOrder,
+    ExecType,
+    Execution,
+    Leftovers,
+)
 from tradeday.events import Side, datetime_to_ns
 
 log = logging.getLogger(__name__)
@@ -80,7 +88,7 @@ _STOP = object()
 _WAKE = object()
 
 
-class AlpacaError(RuntimeError):
+class AlpacaError(BrokerError):
     """Alpaca refused a request that has no execution to carry the refusal."""
 
     def __init__(self, message: str, status: int | None = None) -> None:
@@ -104,42 +112,6 @@ class MarketClock:
     is_open: bool
     next_open: datetime
     next_close: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class Leftovers:
-    """What :meth:`AlpacaPaperBroker.wait_until_flat` found still there when it returned."""
-
-    positions: dict[str, int]
-    open_orders: tuple[str, ...]
-
-    @property
-    def flat(self) -> bool:
-        return not self.positions and not self.open_orders
-
-
-@dataclass(frozen=True, slots=True)
-class AccountOrder:
-    """One order as Alpaca has it now: what recovery and the end-of-session check read."""
-
-    client_order_id: str
-    broker_order_id: str
-    symbol: str
-    side: Side
-    qty: int
-    filled_qty: int
-    filled_avg_price: float
-    status: str
-    submitted_ns: int
-    updated_ns: int
-
-    @property
-    def working(self) -> bool:
-        return OrderStatus(self.status) not in _TERMINAL
-
-    @property
-    def signed_filled(self) -> int:
-        return self.filled_qty if self.side is Side.BUY else -self.filled_qty
 
 
 @dataclass(slots=True)
@@ -268,8 +240,9 @@ def _decimal(value: str | float | None) -> Decimal:
 class AlpacaPaperBroker(Broker):
     """Orders to an Alpaca (paper) account; see the module docstring for the mechanics.
 
-    Construction checks the keys with ``GET /v2/account`` so a bad key fails the session at
-    start with :class:`AlpacaAuthError`, not as a stream of rejected orders later.
+    :meth:`start` checks the keys with ``GET /v2/account`` so a bad key fails the session
+    at its start with :class:`AlpacaAuthError`, not as a stream of rejected orders later;
+    construction does no I/O.
     """
 
     name = "alpaca"  # the config's broker.kind: recovery matches ledger runs by it
@@ -302,13 +275,18 @@ class AlpacaPaperBroker(Broker):
         self._working: set[str] = set()
         self._unconfirmed: dict[str, BrokerOrder] = {}
         self._queue: SimpleQueue[object] = SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="alpaca-broker", daemon=True)
+
+    def start(self) -> None:
+        """Check the keys and the account, then start the worker that sends and follows."""
+        if self._thread.is_alive() or self._closed.is_set():
+            return
         try:
             self._check_account()
         except AlpacaError:
             self._api.close()
             self._worker_api.close()
             raise
-        self._thread = threading.Thread(target=self._run, name="alpaca-broker", daemon=True)
         self._thread.start()
 
     def __repr__(self) -> str:
@@ -358,9 +336,10 @@ class AlpacaPaperBroker(Broker):
             return
         self._closed.set()
         self._queue.put(_STOP)
-        self._thread.join(timeout)
-        self._abort.set()
-        self._thread.join(1.0)
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout)
+            self._abort.set()
+            self._thread.join(1.0)
         if self._thread.is_alive():
             log.warning("alpaca worker still busy %.1fs after close(); abandoning it", timeout)
         while True:

@@ -6,16 +6,27 @@ from :attr:`Broker.executions`. The simulated broker produces them synchronously
 time; the Alpaca broker produces them from another thread (trade_updates or polling).
 A ``deque`` is the hand-off because its ``append``/``popleft`` are thread-safe without a
 lock on the hot path.
+
+What only some brokers can do is a Protocol here, checked with ``isinstance`` against the
+capability, never against a broker class: :class:`OrderHistory` (orders that outlive the
+process, for recovery and the end-of-session check) and :class:`AccountCloser` (close a
+whole account, for sessions configured to own it).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import deque
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol, runtime_checkable
 
 from tradeday.events import Bar, Quote, Side, Trade
+
+
+class BrokerError(RuntimeError):
+    """A broker refused or could not be reached; brokers raise it (or a subclass) for that."""
 
 
 class ExecType(StrEnum):
@@ -55,12 +66,23 @@ class Execution:
 
 
 class Broker(ABC):
-    """A place to send orders. Implementations must be safe to call from one feed thread."""
+    """A place to send orders. Implementations must be safe to call from one feed thread.
+
+    Construction does no I/O: :meth:`start` connects (and checks the account), and
+    :meth:`close` releases. ``tick_time`` brokers stamp executions with tick time (a
+    simulator); the others with the wall clock. ``needs_quotes`` brokers price fills on
+    quotes, so a session subscribes to them whatever its model uses.
+    """
 
     name: str = "broker"
+    tick_time: bool = False
+    needs_quotes: bool = False
 
     def __init__(self) -> None:
         self.executions: deque[Execution] = deque()
+
+    def start(self) -> None:  # noqa: B027 - only brokers with a connection have work here
+        """Connect and check the account before the first order. Idempotent."""
 
     @abstractmethod
     def submit(self, order: BrokerOrder) -> None:
@@ -91,3 +113,69 @@ class Broker(ABC):
 
     def close(self) -> None:  # noqa: B027
         """Release connections and threads."""
+
+
+BROKER_TERMINAL = frozenset({"filled", "canceled", "expired", "rejected", "replaced"})
+
+
+@dataclass(frozen=True, slots=True)
+class AccountOrder:
+    """One order as a broker with history has it now: what recovery and shutdown read.
+
+    ``status`` is the broker's own word (Alpaca's order status values).
+    """
+
+    client_order_id: str
+    broker_order_id: str
+    symbol: str
+    side: Side
+    qty: int
+    filled_qty: int
+    filled_avg_price: float
+    status: str
+    submitted_ns: int
+    updated_ns: int
+
+    @property
+    def working(self) -> bool:
+        return self.status not in BROKER_TERMINAL
+
+    @property
+    def signed_filled(self) -> int:
+        return self.filled_qty if self.side is Side.BUY else -self.filled_qty
+
+
+@dataclass(frozen=True, slots=True)
+class Leftovers:
+    """What an account still held when a wait for it to be flat returned."""
+
+    positions: dict[str, int]
+    open_orders: tuple[str, ...]
+
+    @property
+    def flat(self) -> bool:
+        return not self.positions and not self.open_orders
+
+
+@runtime_checkable
+class OrderHistory(Protocol):
+    """A broker that remembers orders across processes (Alpaca does; a simulator cannot).
+
+    Recovery reconciles a crashed run's ledger with it; a session's shutdown asks it what
+    is left of the session's own orders rather than trusting its book.
+    """
+
+    def orders_of(self, prefix: str, since_ns: int) -> Sequence[AccountOrder]: ...
+
+    def cancel(self, broker_order_id: str) -> None: ...
+
+
+@runtime_checkable
+class AccountCloser(Protocol):
+    """A broker that can close a whole account, for sessions configured to own it."""
+
+    def close_all_positions(self) -> dict[str, int]: ...
+
+    def wait_until_flat(
+        self, symbols: Iterable[str] | None = None, timeout: float = 10.0
+    ) -> Leftovers: ...

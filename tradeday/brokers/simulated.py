@@ -27,6 +27,8 @@ from tradeday.events import Bar, Quote, Side, Trade
 
 class SimulatedBroker(Broker):
     name = "simulated"
+    tick_time = True
+    needs_quotes = True  # fills at the bid or ask when the symbol has a quote
 
     def __init__(
         self,

@@ -1,0 +1,198 @@
+"""Where a session's ticks come from: one small interface, one class per source.
+
+Every source ends in the same place: a URL speaking Alpaca's v2 market-data protocol that
+cpquant's realtime client connects to (:mod:`tradeday.feed`). What differs between them
+lives here and nowhere else: the URL and its keys, the bars a model warms up on, whether
+to wait for the open, when a silent stream is stale, whether the wall clock ends the
+session, and how fast to retry a dropped connection. The session loop asks the source and
+never which source it has.
+
+- :class:`ReplaySource` streams a recording through the embedded replay server (or a
+  replay server already running at ``feed.url``). Tick time is the only clock.
+- :class:`AlpacaSource` is Alpaca's live stream (``iex``, ``sip`` or ``test``), on the
+  wall clock of the trading day.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tradeday import history, recording
+from tradeday.events import NS_PER_S, Bar, SessionWindow
+from tradeday.feed import ENDPOINTS
+
+if TYPE_CHECKING:
+    from tradeday.config import FeedConfig
+    from tradeday.wiring import Credentials
+
+log = logging.getLogger(__name__)
+
+REPLAY_KEY = "replay"  # the embedded replay server's key and secret: it guards nothing real
+OPEN_LEAD_NS = 60 * NS_PER_S  # a live session connects this long before the open
+_WAIT_SLICE_S = 300.0  # the wait for the open logs at least this often
+
+
+class Endpoint:
+    """A stream URL and the keys to authenticate to it; ``repr`` never shows the keys."""
+
+    __slots__ = ("key", "secret", "url")
+
+    def __init__(self, url: str, key: str, secret: str) -> None:
+        self.url = url
+        self.key = key
+        self.secret = secret
+
+    def __repr__(self) -> str:
+        return f"Endpoint({self.url!r}, <redacted>)"
+
+
+class Source(ABC):
+    """A session's tick source. Construction does no I/O; :meth:`open` and :meth:`close` do.
+
+    ``tick_clock`` is True when event times are not the wall clock's (a replay of another
+    day): a real broker's wall-clock fill times are then restamped on tick time.
+    """
+
+    tick_clock: bool
+    needs_keys: bool  # Alpaca keys, for the stream or the warm-up history
+    backoff_base: float  # seconds before the first reconnect; doubles up to the feed's cap
+
+    def __init__(
+        self, feed: FeedConfig, window: SessionWindow, credentials: Credentials | None = None
+    ) -> None:
+        self.feed = feed
+        self.window = window
+        self.credentials = credentials
+        self.stale_after_s = feed.stale_after_s
+
+    @abstractmethod
+    def open(self) -> Endpoint:
+        """Where to connect, starting whatever serves it; called once per session."""
+
+    def close(self) -> None:  # noqa: B027 - nothing to release unless something was started
+        """Stop what :meth:`open` started. Idempotent."""
+
+    @abstractmethod
+    def history(self, symbols: Sequence[str]) -> list[Bar]:
+        """Bars from before the open, for a model's ``warmup``; may raise (network, file)."""
+
+    def wait_for_open(self, stop: threading.Event, logger: Any = log) -> None:  # noqa: B027
+        """Block until it is time to connect, or ``stop`` is set. Replays never wait."""
+
+    def is_stale(self, seconds_since_frame: float) -> bool:
+        """A stream silent this long is dead even though its socket is open: reconnect."""
+        return seconds_since_frame > self.stale_after_s
+
+    def past(self, stop_at_ns: int) -> bool:
+        """Whether the wall clock has reached ``stop_at_ns`` (the engine watches tick time)."""
+        return False
+
+
+class ReplaySource(Source):
+    """A recording streamed by the replay server: as fast as the client reads, or at ``speed``."""
+
+    tick_clock = True
+    needs_keys = False
+    backoff_base = 0.05  # a local server: reconnect at once
+
+    def __init__(
+        self, feed: FeedConfig, window: SessionWindow, credentials: Credentials | None = None
+    ) -> None:
+        super().__init__(feed, window, credentials)
+        self.path = Path(feed.recording) if feed.recording else None
+        self._server: Any = None
+
+    def recording_path(self) -> Path:
+        """The configured recording, else the bundled one holding the session's day."""
+        return self.path or recording.bundled(self.window.day)
+
+    def open(self) -> Endpoint:
+        if self.feed.url:  # a replay server someone else runs (tests, benchmarks, a relay)
+            return Endpoint(self.feed.url, REPLAY_KEY, REPLAY_KEY)
+        from tradeday.replay.server import ReplayServer
+
+        path = self.recording_path()
+        self._server = ReplayServer(
+            path,
+            start_ns=self.window.open_ns,
+            end_ns=self.window.close_ns,
+            speed=self.feed.speed,
+            batch=self.feed.batch,
+            key=REPLAY_KEY,
+            secret=REPLAY_KEY,
+        ).start()
+        log.info("replay server on %s streaming %s", self._server.url, path.name)
+        return Endpoint(self._server.url, REPLAY_KEY, REPLAY_KEY)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    def history(self, symbols: Sequence[str]) -> list[Bar]:
+        return history.recorded(self.recording_path(), list(symbols), self.window)
+
+
+class AlpacaSource(Source):
+    """Alpaca's live market-data stream, keys from the environment or Secret blocks."""
+
+    tick_clock = False
+    needs_keys = True
+    backoff_base = 0.5
+
+    def _keys(self) -> Credentials:
+        if self.credentials is None:
+            raise ValueError(
+                f"feed.source {self.feed.source!r} needs Alpaca keys: set APCA_API_KEY_ID and "
+                "APCA_API_SECRET_KEY or the Prefect Secret blocks (docs/operations.md)"
+            )
+        return self.credentials
+
+    def open(self) -> Endpoint:
+        keys = self._keys()
+        return Endpoint(self.feed.url or ENDPOINTS[self.feed.source], keys.key_id, keys.secret_key)
+
+    def history(self, symbols: Sequence[str]) -> list[Bar]:
+        from tradeday.record import data_client
+
+        keys = self._keys()
+        client = data_client(keys.key_id, keys.secret_key)
+        rest_feed = "sip" if self.feed.source == "sip" else "iex"
+        return history.live(client, list(symbols), self.window, rest_feed)
+
+    def wait_for_open(self, stop: threading.Event, logger: Any = log) -> None:
+        """Live sessions start before the open; connect a minute ahead of it."""
+        while (wait := (self.window.open_ns - OPEN_LEAD_NS - time.time_ns()) / NS_PER_S) > 0:
+            logger.info("waiting %.0f s for the open at %s", wait, self.window.open.isoformat())
+            if stop.wait(min(wait, _WAIT_SLICE_S)):
+                return
+
+    def is_stale(self, seconds_since_frame: float) -> bool:
+        """Silence counts only while the market is open: nothing trades before or after."""
+        now = time.time_ns()
+        in_hours = self.window.open_ns <= now < self.window.close_ns
+        return in_hours and super().is_stale(seconds_since_frame)
+
+    def past(self, stop_at_ns: int) -> bool:
+        return time.time_ns() >= stop_at_ns
+
+
+SOURCES: dict[str, type[Source]] = {  # feed.source -> its class
+    "replay": ReplaySource,
+    "iex": AlpacaSource,
+    "sip": AlpacaSource,
+    "test": AlpacaSource,
+}
+
+
+def make_source(
+    feed: FeedConfig, window: SessionWindow, credentials: Credentials | None = None
+) -> Source:
+    """The source ``feed.source`` names, for the session in ``window``; no I/O."""
+    return SOURCES[feed.source](feed, window, credentials)
