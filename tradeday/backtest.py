@@ -104,9 +104,11 @@ def run_config(
         raise ValueError(
             "a backtest trades with the simulated broker; broker.kind must be 'simulated'"
         )
-    path = ReplaySource(config.feed, window).recording_path()
+    source = ReplaySource(config.feed, window)
     parts = wiring.build(config, window, run_id=RUN_ID)
     model, engine, broker = parts.model, parts.engine, parts.broker
+    source.check(config.symbols, wiring.handled_kinds(model))
+    path = source.recording_path()
     if warmup:
         model.warmup(warmup)
     model.on_start(window)

@@ -128,6 +128,22 @@ def load(
     return _sorted(table)
 
 
+def contents(path: str | Path, start_ns: int, end_ns: int) -> dict[str, dict[str, int]]:
+    """How many events of each kind each symbol has in ``start_ns <= ts < end_ns``."""
+    table = pq.read_table(
+        path,
+        columns=["symbol", "kind"],
+        filters=[("ts", ">=", int(start_ns)), ("ts", "<", int(end_ns))],
+    )
+    counts = table.group_by(["symbol", "kind"]).aggregate([([], "count_all")])
+    held: dict[str, dict[str, int]] = {}
+    for symbol, kind, n in zip(
+        *(counts[c].to_pylist() for c in ("symbol", "kind", "count_all")), strict=True
+    ):
+        held.setdefault(symbol, {})[kind] = n
+    return held
+
+
 def days(path: str | Path) -> list[date]:
     """America/New_York calendar dates that have at least one event in the recording."""
     return list(_days(str(Path(path).resolve()), Path(path).stat().st_mtime_ns))

@@ -29,7 +29,7 @@ from tradeday.decode import Decoder
 from tradeday.events import NS_PER_S, Bar, SessionWindow, ns_to_datetime
 from tradeday.feed import StreamFeed
 from tradeday.ledger import Ledger
-from tradeday.sources import Source, make_source
+from tradeday.sources import NO_DATA_AFTER_S, Source, make_source
 from tradeday.wiring import Credentials
 
 log = logging.getLogger(__name__)
@@ -174,6 +174,7 @@ class TradingSession:
     def run(self) -> None:
         """Stream until the close (less the buffer), the end of the recording, or a stop."""
         self.start()
+        self.source.check(self.config.symbols, wiring.handled_kinds(self.model))
         if wiring.uses(self.model, "warmup"):
             history = self._history()
             self.log.info("warm-up: %d bars before the open", len(history))
@@ -206,6 +207,7 @@ class TradingSession:
             ns_to_datetime(self.stop_at_ns).isoformat(),
         )
         last_flush = last_beat = time.monotonic()
+        warned_no_data = False
         while not self.engine.stop_requested.wait(0.2):
             now = time.monotonic()
             if self.feed.ended.is_set():
@@ -216,6 +218,15 @@ class TradingSession:
             if self.source.past(self.stop_at_ns):
                 self.engine.request_stop("close")
                 break
+            if (
+                not warned_no_data
+                and self._no_data()
+                and self.source.silent_since_open(NO_DATA_AFTER_S)
+            ):
+                warned_no_data = True
+                self.log.warning(
+                    "no events for %s %.0f s after the open", ",".join(cfg.symbols), NO_DATA_AFTER_S
+                )
             if self.source.is_stale(self.feed.seconds_since_frame()):
                 self.feed.force_reconnect(f"no data for {self.source.stale_after_s:.0f} s")
                 self.feed.last_frame = time.monotonic()
@@ -305,6 +316,8 @@ class TradingSession:
             self._fail(f"NOT FLAT after {FLATTEN_TIMEOUT_S:.0f} s: {left}")
         elif isinstance(self.broker, OrderHistory) and (stray := self._left_at_broker(self.broker)):
             self._fail(f"the broker still has this session's {stray}")
+        if self._no_data():
+            self.message += f"; received no events for {','.join(self.config.symbols)}"
         self.flush(positions=True)
         self.ledger.finish_run(
             self.run_id, self.status, self.message, time.time_ns(), self.counters()
@@ -318,6 +331,10 @@ class TradingSession:
             self._heartbeat(),
         )
         return self.result()
+
+    def _no_data(self) -> bool:
+        stats = self.decoder.stats
+        return stats.trades + stats.quotes + stats.bars == 0
 
     def _fail(self, what: str) -> None:
         """Shutdown found the session not clean: a completed run becomes failed, and says why."""

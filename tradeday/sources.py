@@ -52,6 +52,14 @@ class Endpoint:
         return f"Endpoint({self.url!r}, <redacted>)"
 
 
+KIND_NAMES = {"t": "trades", "q": "quotes", "b": "bars"}
+NO_DATA_AFTER_S = 300.0  # a live session with no event this long after the open warns
+
+
+class NoData(ValueError):
+    """A session would stream nothing its model handles: refused before it starts."""
+
+
 class Source(ABC):
     """A session's tick source. Construction does no I/O; :meth:`open` and :meth:`close` do.
 
@@ -82,8 +90,16 @@ class Source(ABC):
     def history(self, symbols: Sequence[str]) -> list[Bar]:
         """Bars from before the open, for a model's ``warmup``; may raise (network, file)."""
 
+    def check(self, symbols: Sequence[str], kinds: Sequence[str]) -> None:  # noqa: B027
+        """Raise :class:`NoData` if it is known already that no event of ``kinds`` (the
+        model's ``t``/``q``/``b``) will come for ``symbols``; a live stream cannot know."""
+
     def wait_for_open(self, stop: threading.Event, logger: Any = log) -> None:  # noqa: B027
         """Block until it is time to connect, or ``stop`` is set. Replays never wait."""
+
+    def silent_since_open(self, seconds: float) -> bool:
+        """Whether ``seconds`` of the session have passed on the wall clock (live only)."""
+        return False
 
     def is_stale(self, seconds_since_frame: float) -> bool:
         """A stream silent this long is dead even though its socket is open: reconnect."""
@@ -138,6 +154,28 @@ class ReplaySource(Source):
     def history(self, symbols: Sequence[str]) -> list[Bar]:
         return history.recorded(self.recording_path(), list(symbols), self.window)
 
+    def check(self, symbols: Sequence[str], kinds: Sequence[str]) -> None:
+        """A replay whose recording holds nothing the model handles would succeed with 0
+        ticks; refuse it, naming what the recording does hold that day."""
+        if self.feed.url:
+            return  # someone else's server: its data is not ours to inspect
+        path = self.recording_path()
+        held = recording.contents(path, self.window.open_ns, self.window.close_ns)
+        if any(held.get(symbol, {}).get(kind) for symbol in symbols for kind in kinds):
+            return
+        day = self.window.day.isoformat()
+        wanted = " or ".join(KIND_NAMES[k] for k in kinds) or "no event kind"
+        has = "; ".join(
+            f"{symbol}: " + ", ".join(f"{n:,} {KIND_NAMES[k]}" for k, n in sorted(by_kind.items()))
+            for symbol, by_kind in sorted(held.items())
+        )
+        raise NoData(
+            f"nothing to replay: {path.name} has no {wanted} of {', '.join(symbols)} "
+            f"in the {day} session (the model handles {wanted}); it holds "
+            f"{has or 'no events at all that day'}. Set symbols to ones it holds, or pick a "
+            "model that handles what it holds"
+        )
+
 
 class AlpacaSource(Source):
     """Alpaca's live market-data stream, keys from the environment or Secret blocks."""
@@ -172,6 +210,9 @@ class AlpacaSource(Source):
             logger.info("waiting %.0f s for the open at %s", wait, self.window.open.isoformat())
             if stop.wait(min(wait, _WAIT_SLICE_S)):
                 return
+
+    def silent_since_open(self, seconds: float) -> bool:
+        return time.time_ns() >= self.window.open_ns + int(seconds * NS_PER_S)
 
     def is_stale(self, seconds_since_frame: float) -> bool:
         """Silence counts only while the market is open: nothing trades before or after."""

@@ -71,6 +71,14 @@ def uses(model: models.Model, hook: str) -> bool:
     return getattr(type(model), hook) is not getattr(models.Model, hook)
 
 
+HOOKS = {"t": "on_trade", "q": "on_quote", "b": "on_bar"}  # event kind -> model callback
+
+
+def handled_kinds(model: models.Model) -> list[str]:
+    """The event kinds (``t``, ``q``, ``b``) whose callback the model implements."""
+    return [kind for kind, hook in HOOKS.items() if uses(model, hook)]
+
+
 @dataclass(frozen=True, slots=True)
 class Subscriptions:
     """The market data a session asks for: what its model and its broker use."""
