@@ -22,7 +22,7 @@ from tradeday.calendar import MarketClosed, exchange_today
 from tradeday.config import SessionConfig
 from tradeday.ledger import Ledger
 from tradeday.report import write_report
-from tradeday.session import TradingSession, result_dict
+from tradeday.session import TradingSession
 from tradeday.wiring import needs_credentials
 
 
@@ -81,4 +81,4 @@ def trading_session(config: SessionConfig = SessionConfig(), session_date: date 
     progress.done()
     report = end_of_day_report(config.ledger_url, session.run_id, config.report_path)
     publish_summary(result, report)
-    return {**result_dict(result), "report_path": report}
+    return {**result.as_dict(), "report_path": report}

@@ -9,8 +9,8 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from tradeday.ledger import Ledger
+from tradeday.outcome import SessionResult
 from tradeday.report import summary_markdown_for, write_report
-from tradeday.session import SessionResult
 
 
 @task(name="end-of-day-report", cache_policy=NO_CACHE)

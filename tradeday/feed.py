@@ -31,6 +31,7 @@ import websockets.exceptions
 import websockets.sync.client as ws_client
 
 from tradeday.decode import Decoder
+from tradeday.events import ns_to_datetime
 
 log = logging.getLogger(__name__)
 
@@ -119,10 +120,13 @@ class StreamFeed:
         backoff_base: float = 0.5,
         backoff_cap: float = 30.0,
         max_reconnects: int = 1_000,
-        on_reconnect: Callable[[], None] | None = None,
-        on_resume: Callable[[], bool] | None = None,
+        clock: Callable[[], int] | None = None,
+        logger: logging.Logger | logging.LoggerAdapter | None = None,
         seed: int | None = None,
     ) -> None:
+        """``clock`` gives the tick time of the last event handled: the tick time between
+        the last event before a reconnect and the first after it is a gap, logged to
+        ``logger`` and kept in :attr:`gaps`."""
         self.url = url
         self._key = key
         self._secret = secret
@@ -132,9 +136,10 @@ class StreamFeed:
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.max_reconnects = max_reconnects
-        self.on_reconnect = on_reconnect
-        self.on_resume = on_resume
-        self._resuming = False
+        self.clock = clock
+        self.log = logger or log
+        self.gaps: list[tuple[int, int]] = []
+        self._gap_from: int | None = None
         self.stats = FeedStats()
         self.ended = threading.Event()
         self.end_reason = ""
@@ -196,10 +201,24 @@ class StreamFeed:
             self._frame_error = exc
             self._fatal = f"handling a frame failed: {exc}"
             raise _StopListening from exc
-        if self._resuming and self.on_resume is not None:
-            self._resuming = not self.on_resume()
+        if self._gap_from is not None:
+            self._close_gap()
         if self._fatal is not None:
             raise _StopListening
+
+    def _close_gap(self) -> None:
+        """The first new event after a reconnect ends the gap (frames of old data do not)."""
+        assert self.clock is not None and self._gap_from is not None
+        now = self.clock()
+        if now <= self._gap_from:
+            return
+        self.gaps.append((self._gap_from, now))
+        self.log.warning(
+            "feed gap: no data from %s to %s after a reconnect",
+            ns_to_datetime(self._gap_from).isoformat(),
+            ns_to_datetime(now).isoformat(),
+        )
+        self._gap_from = None
 
     def on_control(self, msg: dict) -> None:
         """Control messages from the decoder: auth and subscription replies, errors."""
@@ -242,9 +261,8 @@ class StreamFeed:
                     self.stats.connects += 1
                     if self.stats.connects > 1:
                         self.stats.reconnects += 1
-                        self._resuming = True
-                        if self.on_reconnect is not None:
-                            self.on_reconnect()
+                        if self.clock is not None:
+                            self._gap_from = self.clock()
                     try:
                         self._subscribe(self._client)
                     except websockets.exceptions.ConnectionClosed:

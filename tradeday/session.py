@@ -19,16 +19,16 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from tradeday import wiring
+from tradeday import outcome, wiring
 from tradeday.brokers.base import AccountCloser, BrokerError, OrderHistory
 from tradeday.config import SessionConfig
 from tradeday.decode import Decoder
-from tradeday.events import NS_PER_S, Bar, SessionWindow, ns_to_datetime
+from tradeday.events import Bar, SessionWindow, ns_to_datetime
 from tradeday.feed import StreamFeed
 from tradeday.ledger import Ledger
+from tradeday.outcome import SessionResult
 from tradeday.sources import NO_DATA_AFTER_S, Source, make_source
 from tradeday.wiring import Credentials
 
@@ -36,26 +36,6 @@ log = logging.getLogger(__name__)
 
 FLUSH_SECONDS = 1.0
 FLATTEN_TIMEOUT_S = 10.0
-
-
-@dataclass
-class SessionResult:
-    run_id: str
-    session_date: str
-    model: str
-    status: str
-    message: str
-    ticks: int
-    skipped: int
-    reconnects: int
-    orders: int
-    fills: int
-    risk_rejections: int
-    final_positions: dict[str, int]
-    realized: float
-    fees: float
-    net: float
-    counters: dict[str, Any] = field(default_factory=dict)
 
 
 def new_run_id(day: str) -> str:
@@ -101,8 +81,6 @@ class TradingSession:
         self.decoder = Decoder(self.engine.on_events, self._on_control)
         self.ledger: Ledger | None = None
         self.feed: StreamFeed | None = None
-        self._gap_from: int | None = None
-        self.gaps: list[tuple[int, int]] = []
         self.status = "running"
         self.message = ""
         self._finished = False
@@ -143,23 +121,10 @@ class TradingSession:
         if self.feed is not None:
             self.feed.on_control(msg)
 
-    def _on_reconnect(self) -> None:
-        self._gap_from = self.engine.clock
-
-    def _on_resume(self) -> bool:
-        """First data after a reconnect: the tick time between is a gap; True once noted."""
-        if self._gap_from is None:
-            return True
-        if self.engine.clock <= self._gap_from:
-            return False
-        self.gaps.append((self._gap_from, self.engine.clock))
-        self.log.warning(
-            "feed gap: no data from %s to %s after a reconnect",
-            ns_to_datetime(self._gap_from).isoformat(),
-            ns_to_datetime(self.engine.clock).isoformat(),
-        )
-        self._gap_from = None
-        return True
+    @property
+    def gaps(self) -> list[tuple[int, int]]:
+        """Tick-time spans lost to reconnects, (last event before, first event after)."""
+        return self.feed.gaps if self.feed is not None else []
 
     def _history(self) -> list[Bar]:
         """Bars before the open; a failure costs only the warm-up, never the session."""
@@ -195,8 +160,8 @@ class TradingSession:
             quotes=subs.quotes,
             bars=subs.bars,
             backoff_base=self.source.backoff_base,
-            on_reconnect=self._on_reconnect,
-            on_resume=self._on_resume,
+            clock=lambda: self.engine.clock,
+            logger=self.log,
         )
         self.feed.start()
         self.log.info(
@@ -240,41 +205,10 @@ class TradingSession:
             self.log.error("kill switch: %s; stopped for the day", self.engine.risk.halted_reason)
 
     def counters(self) -> dict[str, Any]:
-        d = self.decoder.stats
-        f = self.feed.stats if self.feed else None
-        e = self.engine.stats
-        return {
-            "ticks": d.trades + d.quotes + d.bars,
-            "trades": d.trades,
-            "quotes": d.quotes,
-            "bars": d.bars,
-            "frames": d.frames,
-            "skipped": d.skipped,
-            "malformed_frames": d.malformed_frames,
-            "unknown_messages": d.unknown_messages,
-            "bad_messages": d.bad_messages,
-            "out_of_order": d.out_of_order,
-            "after_stop": e.after_stop,
-            "reconnects": f.reconnects if f else 0,
-            "drops": f.drops if f else 0,
-            "stale_reconnects": f.stale_reconnects if f else 0,
-            "gaps": len(self.gaps),
-            "gap_seconds": round(sum(b - a for a, b in self.gaps) / NS_PER_S, 6),
-            "orders": e.orders,
-            "fills": e.fills,
-            "rejections": e.rejections,
-            "risk_rejections": e.risk_rejections,
-            "risk_rejections_by_limit": dict(self.engine.risk.counts),
-        }
+        return outcome.counters(self.decoder.stats, self.feed, self.engine)
 
     def _heartbeat(self) -> str:
-        c = self.counters()
-        return (
-            f"ticks={c['ticks']} skipped={c['skipped']} reconnects={c['reconnects']} "
-            f"orders={c['orders']} fills={c['fills']} risk_rejections={c['risk_rejections']} "
-            f"positions={self.book.open_positions()} net={self.book.net():.2f} "
-            f"clock={ns_to_datetime(self.engine.clock).isoformat() if self.engine.clock else '-'}"
-        )
+        return outcome.heartbeat(self.counters(), self.book, self.engine.clock)
 
     def flush(self, *, positions: bool = False) -> None:
         """Write what the engine buffered; runs on the main thread, never per tick."""
@@ -382,30 +316,16 @@ class TradingSession:
         return ", ".join(parts + ([f"positions {held}"] if held else []))
 
     def result(self) -> SessionResult:
-        c = self.counters()
-        return SessionResult(
-            run_id=self.run_id,
-            session_date=self.day,
-            model=self.model_name,
-            status=self.status,
-            message=self.message,
-            ticks=c["ticks"],
-            skipped=c["skipped"],
-            reconnects=c["reconnects"],
-            orders=c["orders"],
-            fills=c["fills"],
-            risk_rejections=c["risk_rejections"],
-            final_positions=self.book.open_positions(),
-            realized=round(self.book.realized, 6),
-            fees=round(self.book.fees, 6),
-            net=round(self.book.net(), 6),
-            counters=c,
+        return SessionResult.of(
+            self.run_id,
+            self.day,
+            self.model_name,
+            self.status,
+            self.message,
+            self.counters(),
+            self.book,
         )
 
     def close(self) -> None:
         if self.ledger is not None:
             self.ledger.close()
-
-
-def result_dict(result: SessionResult) -> dict[str, Any]:
-    return asdict(result)
