@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from uuid import UUID
+
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -33,6 +35,9 @@ def recover_crashed_runs(
             logger.warning(
                 "recovered crashed run %s: closed %s", rec.run_id, rec.closed or "nothing"
             )
+            run = ledger.run(rec.run_id)
+            if run is not None and run.flow_run_id:
+                mark_flow_run_crashed(run.flow_run_id, run.message)
             try:
                 write_report(ledger, rec.run_id, config.report_path)
             except Exception:
@@ -43,6 +48,32 @@ def recover_crashed_runs(
     if not done:
         logger.info("no crashed runs to recover")
     return [{"run_id": r.run_id, "closed": r.closed, "fills": r.fills} for r in done]
+
+
+def mark_flow_run_crashed(flow_run_id: str, message: str) -> None:
+    """A killed run's flow run stays Running in Prefect: end it Crashed, with recovery's words.
+
+    Only a run still Running or Pending is touched, so a state set meanwhile (a cancel, a
+    late Completed) stands. Prefect is not on the trading path: failing to reach it is
+    logged, never raised.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed
+
+    logger = get_run_logger()
+    try:
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(UUID(flow_run_id)).state
+            if state is not None and state.type in (StateType.RUNNING, StateType.PENDING):
+                client.set_flow_run_state(
+                    UUID(flow_run_id), Crashed(message=message[:500]), force=True
+                )
+                logger.info("flow run %s marked Crashed", flow_run_id)
+    except Exception as exc:  # the API down, the run deleted: the ledger already says crashed
+        logger.warning(
+            "flow run %s not marked Crashed: %s: %s", flow_run_id, type(exc).__name__, exc
+        )
 
 
 @task(name="close-account", cache_policy=NO_CACHE)

@@ -12,11 +12,14 @@ import time
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
+from uuid import UUID
 
 import pytest
 from alpaca.trading.client import TradingClient
 from alpaca.trading.enums import OrderSide, TimeInForce
 from alpaca.trading.requests import MarketOrderRequest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import StateType
 
 from flows.session import trading_session
 from tests.ledger_probe import session_process
@@ -318,6 +321,10 @@ def _kill_and_recover(server, monkeypatch, tmp_path, open_fixture, session_paths
     crashed = ledger.run(crashed.run_id)
     assert crashed.status == "crashed"
     assert crashed.message.startswith("crashed; recovered")
+    with get_client(sync_client=True) as client:  # the killed run's flow run, left Running
+        state = client.read_flow_run(UUID(crashed.flow_run_id)).state
+    assert state is not None and state.type is StateType.CRASHED
+    assert state.message == crashed.message
     fills = ledger.fills(crashed.run_id)
     assert sum(f.qty if f.side == "buy" else -f.qty for f in fills) == 0  # its book ends flat
     assert all(p.qty == 0 for p in ledger.positions(crashed.run_id))
