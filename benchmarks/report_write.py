@@ -14,12 +14,12 @@ import time
 from pathlib import Path
 
 from benchmarks.common import ES_DAY, Row, es_window, print_report, workdir
+from tradeday.events import MINUTE_NS
 from tradeday.ledger import Batch, Ledger
 from tradeday.report import write_report
 
 TARGET_S = 1.0
 SYMBOLS = ("AAPL", "MSFT", "NVDA", "IBM")
-MINUTE_NS = 60 * 10**9
 
 
 def synthetic_ledger(path: Path, orders: int, run_id: str = "bench-report") -> Ledger:

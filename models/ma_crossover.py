@@ -10,9 +10,7 @@ from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 from models.base import NO_ORDERS, Model, ModelParams, move
 from models.registry import register
 from models.rolling import Rolling, units
-from tradeday.events import NS_PER_S, Bar, Order, SessionWindow, Trade
-
-MINUTE_NS = 60 * NS_PER_S
+from tradeday.events import MINUTE_NS, Bar, Order, SessionWindow, Trade
 
 
 class MaCrossoverParams(ModelParams):

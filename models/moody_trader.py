@@ -11,10 +11,9 @@ from pydantic import ConfigDict, Field, field_validator
 
 from models.base import NO_ORDERS, Model, ModelParams, move
 from models.registry import register
-from tradeday.events import NS_PER_S, Bar, Order, SessionWindow, Trade, datetime_to_ns
+from tradeday.events import MINUTE_NS, Bar, Order, SessionWindow, Trade, datetime_to_ns
 
 NEW_YORK = ZoneInfo("America/New_York")
-MINUTE_NS = 60 * NS_PER_S
 
 
 class MoodyTraderParams(ModelParams):

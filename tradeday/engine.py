@@ -17,9 +17,9 @@ from typing import Any
 from models.base import Model
 from tradeday.book import Book
 from tradeday.brokers.base import Broker, BrokerOrder, ExecType, Execution
-from tradeday.events import Bar, Order, Quote, Side, Trade
+from tradeday.events import MINUTE_NS, Bar, Order, Quote, Side, Trade
 from tradeday.ledger import Batch
-from tradeday.risk import MINUTE_NS, RiskGate
+from tradeday.risk import RiskGate
 
 _NEVER = 2**63  # stop time of an engine that has none
 

@@ -15,13 +15,18 @@ from enum import StrEnum
 
 import msgspec
 
+# Time units, defined here once: every timestamp inside tradeday is integer nanoseconds.
+NS_PER_US = 1_000
+NS_PER_MS = 1_000_000
 NS_PER_S = 1_000_000_000
+MINUTE_NS = 60 * NS_PER_S
+DAY_NS = 86_400 * NS_PER_S
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def ns_to_datetime(ts: int) -> datetime:
     """UTC datetime (microsecond precision) for a nanosecond timestamp."""
-    return EPOCH + timedelta(microseconds=ts // 1000)
+    return EPOCH + timedelta(microseconds=ts // NS_PER_US)
 
 
 def datetime_to_ns(value: datetime) -> int:
@@ -29,7 +34,7 @@ def datetime_to_ns(value: datetime) -> int:
     if value.tzinfo is None:
         raise ValueError(f"naive datetime {value!r}: give it a timezone (UTC inside tradeday)")
     delta = value - EPOCH
-    return (delta.days * 86_400 + delta.seconds) * NS_PER_S + delta.microseconds * 1000
+    return delta.days * DAY_NS + delta.seconds * NS_PER_S + delta.microseconds * NS_PER_US
 
 
 class Trade(

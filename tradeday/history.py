@@ -13,7 +13,7 @@ from typing import Any
 import pyarrow as pa
 
 from tradeday import recording
-from tradeday.events import NS_PER_S, Bar, SessionWindow
+from tradeday.events import DAY_NS, Bar, SessionWindow
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ def bars_from_table(table: pa.Table) -> list[Bar]:
 
 
 def recorded(path: Path, symbols: list[str], window: SessionWindow) -> list[Bar]:
-    start = window.open_ns - WARMUP_DAYS * 86_400 * NS_PER_S
+    start = window.open_ns - WARMUP_DAYS * DAY_NS
     return bars_from_table(recording.load(path, symbols, start, window.open_ns, kinds=["b"]))
 
 
@@ -34,7 +34,7 @@ def live(client: Any, symbols: list[str], window: SessionWindow, feed: str) -> l
     """REST bars through cpquant's AlpacaDataClient (``tradeday.record.data_client``)."""
     from tradeday.record import fetch_bars, rfc3339_seconds
 
-    start = rfc3339_seconds(window.open_ns - WARMUP_DAYS * 86_400 * NS_PER_S)
+    start = rfc3339_seconds(window.open_ns - WARMUP_DAYS * DAY_NS)
     end = rfc3339_seconds(window.open_ns)
     frames = [fetch_bars(client, s, start, end, feed) for s in symbols]
     frames = [f for f in frames if len(f)]

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tradeday.events import Bar, Quote, Trade
+from tradeday.events import MINUTE_NS, Bar, Quote, Trade
 
 NEW_YORK = "America/New_York"
 KINDS = ("t", "q", "b")
@@ -154,7 +154,7 @@ def _days(path: str, _mtime_ns: int) -> tuple[date, ...]:
     ts = pq.read_table(path, columns=["ts"])["ts"].to_numpy()
     if len(ts) == 0:
         return ()
-    local = pd.to_datetime(np.unique(ts // 60_000_000_000) * 60, unit="s", utc=True)
+    local = pd.to_datetime(np.unique(ts // MINUTE_NS) * 60, unit="s", utc=True)
     return tuple(sorted(set(local.tz_convert(NEW_YORK).date)))
 
 

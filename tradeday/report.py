@@ -24,12 +24,11 @@ import pandas as pd
 from sqlalchemy import Connection, select
 
 from tradeday.book import Position
-from tradeday.events import NS_PER_S
+from tradeday.events import MINUTE_NS
 from tradeday.ledger import FillRow, Ledger, MarkRow, OrderRow, PositionRow, RiskEventRow, RunRow
 
 MONEY_DECIMALS = 6
 REPORT_SCHEMA_VERSION = 2
-MINUTE_NS = 60 * NS_PER_S
 # Sharpe of 1-minute P&L changes, annualised over 252 sessions of 390 minutes.
 ANNUALIZATION = math.sqrt(252 * 390)
 LOCK_WAIT_S = 60.0  # how long to wait for another process to release the file

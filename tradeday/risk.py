@@ -18,9 +18,7 @@ from collections import deque
 
 from tradeday.book import Book
 from tradeday.config import RiskLimits
-from tradeday.events import NS_PER_S, Order
-
-MINUTE_NS = 60 * NS_PER_S
+from tradeday.events import MINUTE_NS, Order
 
 
 class RiskGate:

@@ -58,7 +58,7 @@ from tradeday.brokers.base import (
     Execution,
     Leftovers,
 )
-from tradeday.events import Side, datetime_to_ns
+from tradeday.events import NS_PER_S, Side, datetime_to_ns
 
 log = logging.getLogger(__name__)
 
@@ -419,7 +419,7 @@ class AlpacaPaperBroker(Broker):
         through ``GET /v2/orders?status=all`` from ``since_ns`` (wall clock, minus a second),
         oldest first; the pages overlap by a microsecond and repeats are dropped.
         """
-        since = datetime.fromtimestamp(since_ns / 1e9, UTC) - timedelta(seconds=1)
+        since = datetime.fromtimestamp(since_ns / NS_PER_S, UTC) - timedelta(seconds=1)
         seen: dict[str, AccountOrder] = {}
         while True:
             request = GetOrdersRequest(

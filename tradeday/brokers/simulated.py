@@ -22,7 +22,7 @@ Rules (all on tick time, so a replay gives the same fills every time):
 from __future__ import annotations
 
 from tradeday.brokers.base import Broker, BrokerOrder, ExecType, Execution
-from tradeday.events import Bar, Quote, Side, Trade
+from tradeday.events import NS_PER_MS, Bar, Quote, Side, Trade
 
 
 class SimulatedBroker(Broker):
@@ -39,7 +39,7 @@ class SimulatedBroker(Broker):
     ) -> None:
         super().__init__()
         self.cash = starting_cash
-        self.latency_ns = int(latency_ms * 1_000_000)
+        self.latency_ns = int(latency_ms * NS_PER_MS)
         self.slippage = slippage_bps / 10_000
         self.commission = commission_per_share
         self._positions: dict[str, int] = {}

@@ -43,7 +43,8 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from tradeday import recording
-from tradeday.replay.wire import NS_PER_S, Block, Format, frame, join, timestamp
+from tradeday.events import NS_PER_S
+from tradeday.replay.wire import Block, Format, frame, join, timestamp
 
 log = logging.getLogger(__name__)
 

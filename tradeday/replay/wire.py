@@ -22,7 +22,8 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-NS_PER_S = 1_000_000_000
+from tradeday.events import NS_PER_S
+
 KIND_CODES = {"t": 0, "q": 1, "b": 2}
 
 
