@@ -16,12 +16,12 @@ from alpaca.trading.client import TradingClient
 from alpaca.trading.enums import OrderSide, QueryOrderStatus, TimeInForce
 from alpaca.trading.requests import GetOrdersRequest, LimitOrderRequest, MarketOrderRequest
 
+from tests.alpaca_server import AlpacaTestServer
 from tradeday.brokers.alpaca import (
     AlpacaAuthError,
     AlpacaPaperBroker,
     AlpacaUnavailable,
 )
-from tradeday.brokers.alpaca_testserver import AlpacaTestServer
 from tradeday.brokers.base import BrokerOrder, ExecType, Execution
 from tradeday.events import Side
 

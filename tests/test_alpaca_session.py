@@ -1,6 +1,6 @@
 """A whole session with ``broker.kind="alpaca"``: real Prefect flow runs, the replay feed over
 a real websocket, and orders over real HTTP to the project's Alpaca-compatible test server
-(tradeday.brokers.alpaca_testserver), through alpaca-py's TradingClient."""
+(tests/alpaca_server.py), through alpaca-py's TradingClient."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from alpaca.trading.enums import OrderSide, TimeInForce
 from alpaca.trading.requests import MarketOrderRequest
 
 from flows.session import trading_session
+from tests.alpaca_server import AlpacaTestServer
 from tradeday import recording
-from tradeday.brokers.alpaca_testserver import AlpacaTestServer
 from tradeday.config import parse_session_config
 from tradeday.ledger import Ledger
 from tradeday.wiring import Credentials, account_of

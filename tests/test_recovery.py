@@ -22,9 +22,9 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
 
 from flows.session import trading_session
+from tests.alpaca_server import AlpacaTestServer
 from tests.ledger_probe import session_process
 from tradeday.brokers.alpaca import AlpacaPaperBroker
-from tradeday.brokers.alpaca_testserver import AlpacaTestServer
 from tradeday.brokers.simulated import SimulatedBroker
 from tradeday.config import parse_session_config
 from tradeday.ledger import Batch, Ledger
