@@ -8,10 +8,11 @@ position in the event's symbol, as the engine's book knows it after every fill s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import ClassVar, Generic, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from tradeday.events import Bar, Order, Quote, SessionWindow, Trade, buy, sell
 
@@ -28,16 +29,52 @@ def move(symbol: str, delta: int, tag: str = "") -> Sequence[Order]:
     return NO_ORDERS
 
 
+def flat_minutes_field() -> Any:
+    """The one "be flat before the close" parameter, so every model that has it means the same."""
+    return Field(
+        15,
+        ge=0,
+        le=360,
+        title="Flat before the close (minutes)",
+        description="From this many minutes before the close: hold 0 and send no opening orders",
+    )
+
+
 class ModelParams(BaseModel):
     """Base of every model's parameters: immutable, and unknown fields are an error.
 
     Subclasses declare ``name: Literal["their_name"] = "their_name"``; that literal is the
-    name users choose the model by in the Prefect UI and the CLI.
+    name users choose the model by in the Prefect UI and the CLI. ``renamed`` maps a field's
+    old names to its new one, so a stored deployment parameter or a JSON config that still
+    uses an old name is refused with both names, not as an anonymous extra field.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+    renamed: ClassVar[Mapping[str, str]] = {}
 
     name: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_renamed_fields(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        errors = [
+            InitErrorDetails(
+                type=PydanticCustomError(
+                    "renamed_field",
+                    "'{old}' is now called '{new}' (same meaning): rename it",
+                    {"old": old, "new": new},
+                ),
+                loc=(old,),
+                input=data[old],
+            )
+            for old, new in cls.renamed.items()
+            if old in data
+        ]
+        if errors:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        return data
 
 
 P = TypeVar("P", bound=ModelParams)

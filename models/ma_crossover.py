@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 
-from models.base import NO_ORDERS, Model, ModelParams, move
+from models.base import NO_ORDERS, Model, ModelParams, flat_minutes_field, move
 from models.registry import register
 from models.rolling import Rolling, units
 from tradeday.events import MINUTE_NS, Bar, Order, SessionWindow, Trade
@@ -21,11 +21,12 @@ class MaCrossoverParams(ModelParams):
     compared exactly. Once the slow window is full, the sign of fast - slow is the trend
     (equal averages keep the previous trend). The first trend only arms the model; each
     later change of trend is a crossing and moves the filled position to `shares` (up) or
-    `-shares` (down; 0 unless `allow_short`) with one order. From `close_out_minutes`
-    before the close: flat, and no more crossings. `warmup` bars fill the windows.
+    `-shares` (down; 0 unless `allow_short`) with one order. From `flat_minutes` before
+    the close: flat, and no more crossings. `warmup` bars fill the windows.
     """
 
     model_config = ConfigDict(title="Moving-average crossover")
+    renamed = {"close_out_minutes": "flat_minutes"}
 
     name: Literal["ma_crossover"] = "ma_crossover"
     shares: int = Field(
@@ -44,13 +45,7 @@ class MaCrossoverParams(ModelParams):
     allow_short: bool = Field(
         True, title="Allow short", description="Go short on a downward crossing, else flat"
     )
-    close_out_minutes: int = Field(
-        15,
-        ge=0,
-        le=360,
-        title="Close out before close (minutes)",
-        description="Close out and stop trading this long before the close",
-    )
+    flat_minutes: int = flat_minutes_field()
 
     @field_validator("slow_window")
     @classmethod
@@ -69,7 +64,7 @@ class MaCrossover(Model[MaCrossoverParams]):
         super().__init__(params, symbols)
         self._up = params.shares
         self._down = -params.shares if params.allow_short else 0
-        self._close_out_ns: int | None = None
+        self._flat_ns: int | None = None
         self._fast: dict[str, Rolling] = {}
         self._slow: dict[str, Rolling] = {}
         self._trend: dict[str, int] = {}
@@ -80,7 +75,7 @@ class MaCrossover(Model[MaCrossoverParams]):
             self._push(bar.symbol, units(bar.close))
 
     def on_start(self, window: SessionWindow) -> None:
-        self._close_out_ns = window.close_ns - self.params.close_out_minutes * MINUTE_NS
+        self._flat_ns = window.close_ns - self.params.flat_minutes * MINUTE_NS
 
     def on_trade(self, trade: Trade, position: int) -> Sequence[Order]:
         return self._observe(trade.symbol, trade.ts, trade.price, position)
@@ -99,11 +94,11 @@ class MaCrossover(Model[MaCrossoverParams]):
         return fast, slow
 
     def _observe(self, symbol: str, ts: int, price: float, position: int) -> Sequence[Order]:
-        if self._close_out_ns is None:
+        if self._flat_ns is None:
             raise RuntimeError("ma_crossover needs on_start(window) before any event")
         if symbol in self._done:
             return NO_ORDERS
-        if ts >= self._close_out_ns:
+        if ts >= self._flat_ns:
             self._done.add(symbol)
             return move(symbol, -position, "close out")
         fast, slow = self._push(symbol, units(price))

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 
-from models.base import NO_ORDERS, Model, ModelParams, move
+from models.base import NO_ORDERS, Model, ModelParams, flat_minutes_field, move
 from models.registry import register
 from models.rolling import Rolling, units
 from tradeday.events import MINUTE_NS, Bar, Order, SessionWindow, Trade
@@ -45,13 +45,7 @@ class MeanReversionParams(ModelParams):
         title="Exit z-score",
         description="Exit when z is back within this of the mean (less than the entry)",
     )
-    flat_minutes: int = Field(
-        15,
-        ge=0,
-        le=360,
-        title="Flat before close (minutes)",
-        description="Close out and stop entering this long before the close",
-    )
+    flat_minutes: int = flat_minutes_field()
 
     @field_validator("exit_z")
     @classmethod

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import ConfigDict, Field, field_validator
 
-from models.base import NO_ORDERS, Model, ModelParams, move
+from models.base import NO_ORDERS, Model, ModelParams, flat_minutes_field, move
 from models.registry import register
 from tradeday.events import MINUTE_NS, Bar, Order, SessionWindow, Trade, datetime_to_ns
 
@@ -22,15 +22,16 @@ class MoodyTraderParams(ModelParams):
     The rule, on tick time, with times of day in New York (America/New_York):
 
     1. From the open until `mood_swing` the target position is `+lot_size` (cheerful).
-    2. From `mood_swing` until `calm_minutes` before the close it is `-lot_size` (grumpy).
-    3. From `calm_minutes` before the close on it is 0 (calm).
+    2. From `mood_swing` until `flat_minutes` before the close it is `-lot_size` (grumpy).
+    3. From `flat_minutes` before the close on it is 0 (calm).
 
     On the first event of a symbol in a phase, one order moves the symbol's filled position
     to that phase's target; nothing else is traded. A phase that has no event, or that is
-    empty (an early close at or before `mood_swing` plus the calm time), is skipped.
+    empty (an early close at or before `mood_swing` plus `flat_minutes`), is skipped.
     """
 
     model_config = ConfigDict(title="Moody trader")
+    renamed = {"calm_minutes": "flat_minutes"}
 
     name: Literal["moody_trader"] = "moody_trader"
     lot_size: int = Field(
@@ -42,13 +43,7 @@ class MoodyTraderParams(ModelParams):
         title="Mood swing (New York time, HH:MM)",
         description="From this time of day on, long turns short",
     )
-    calm_minutes: int = Field(
-        15,
-        ge=0,
-        le=360,
-        title="Calm before close (minutes)",
-        description="Be flat from this long before the close",
-    )
+    flat_minutes: int = flat_minutes_field()
 
     @field_validator("mood_swing")
     @classmethod
@@ -76,7 +71,7 @@ class MoodyTrader(Model[MoodyTraderParams]):
     def on_start(self, window: SessionWindow) -> None:
         at = time.fromisoformat(self.params.mood_swing)
         swing = datetime.combine(window.day, at, tzinfo=NEW_YORK)
-        calm = window.close_ns - self.params.calm_minutes * MINUTE_NS
+        calm = window.close_ns - self.params.flat_minutes * MINUTE_NS
         self._starts = (window.open_ns, min(datetime_to_ns(swing), calm), calm)
 
     def on_trade(self, trade: Trade, position: int) -> Sequence[Order]:

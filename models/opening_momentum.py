@@ -7,19 +7,20 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field
 
-from models.base import NO_ORDERS, Model, ModelParams, move
+from models.base import NO_ORDERS, Model, ModelParams, flat_minutes_field, move
 from models.registry import register
 from tradeday.events import MINUTE_NS, Bar, Order, SessionWindow, Trade
 
 
 class OpeningMomentumParams(ModelParams):
-    """Per symbol: if the price `decision_minutes` after the open is more than `threshold_pct` above the open, buy `position_size`; otherwise sell it short. Flat `exit_minutes` before the close.
+    """Per symbol: if the price `decision_minutes` after the open is more than `threshold_pct` above the open, buy `position_size`; otherwise sell it short. Flat `flat_minutes` before the close.
 
     "The price at time T" is the first trade at or after T, or, on bars, the open of the
     first bar starting at or after T. The open price is the price at the session's open.
     """
 
     model_config = ConfigDict(title="Opening momentum")
+    renamed = {"exit_minutes": "flat_minutes"}
 
     name: Literal["opening_momentum"] = "opening_momentum"
     position_size: int = Field(
@@ -35,13 +36,7 @@ class OpeningMomentumParams(ModelParams):
         title="Threshold (%)",
         description="Buy when the price is more than this far above the open, else short",
     )
-    exit_minutes: int = Field(
-        15,
-        ge=0,
-        le=360,
-        title="Exit before close (minutes)",
-        description="Close the position this long before the close",
-    )
+    flat_minutes: int = flat_minutes_field()
 
 
 @register
@@ -54,7 +49,7 @@ class OpeningMomentum(Model[OpeningMomentumParams]):
         self._up = 1 + params.threshold_pct / 100
         self._open_ns: int | None = None
         self._decide_ns = 0
-        self._exit_ns = 0
+        self._flat_ns = 0
         self._open_price: dict[str, float] = {}
         self._decided: set[str] = set()
         self._exited: set[str] = set()
@@ -62,7 +57,7 @@ class OpeningMomentum(Model[OpeningMomentumParams]):
     def on_start(self, window: SessionWindow) -> None:
         self._open_ns = window.open_ns
         self._decide_ns = window.open_ns + self.params.decision_minutes * MINUTE_NS
-        self._exit_ns = window.close_ns - self.params.exit_minutes * MINUTE_NS
+        self._flat_ns = window.close_ns - self.params.flat_minutes * MINUTE_NS
 
     def on_trade(self, trade: Trade, position: int) -> Sequence[Order]:
         return self._at(trade.symbol, trade.ts, trade.price, position)
@@ -75,7 +70,7 @@ class OpeningMomentum(Model[OpeningMomentumParams]):
             raise RuntimeError("opening_momentum needs on_start(window) before any event")
         if ts < self._open_ns or symbol in self._exited:
             return NO_ORDERS
-        if ts >= self._exit_ns:
+        if ts >= self._flat_ns:
             self._exited.add(symbol)
             return move(symbol, -position, "exit")
         opened = self._open_price.setdefault(symbol, price)

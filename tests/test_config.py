@@ -78,3 +78,38 @@ def test_credentials_never_show_in_repr_or_str():
     creds = Credentials("PKEXAMPLEKEYID123456", "secret-example-value-0123456789")
     for text in (repr(creds), str(creds), f"{creds}", repr([creds])):
         assert "PKEX" not in text and "secret" not in text
+
+
+def test_cli_refuses_an_old_name_of_flat_minutes_naming_the_new_one(tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        main(
+            [
+                "demo",
+                "--model",
+                "moody_trader",
+                "--params",
+                '{"calm_minutes": 20}',
+                "--ledger-url",
+                f"sqlite:///{tmp_path}/l.sqlite",
+            ]
+        )
+    assert "model.calm_minutes: 'calm_minutes' is now called 'flat_minutes'" in str(exc.value)
+    assert not (tmp_path / "l.sqlite").exists()
+
+
+@pytest.mark.slow
+def test_a_run_with_an_old_name_of_flat_minutes_fails_before_anything_starts(
+    prefect_harness, session_paths, tmp_path
+):
+    """A deployment's stored parameters from before the rename reach the flow like these: the
+    flow run's own parameter validation (a real Prefect run) fails it, naming both fields."""
+    from flows.session import trading_session
+
+    config = {"model": {"name": "opening_momentum", "exit_minutes": 20}, **session_paths}
+    state = trading_session(config=config, session_date="2013-09-03", return_state=True)
+    assert state.is_failed()
+    assert (
+        "config.model.exit_minutes: 'exit_minutes' is now called 'flat_minutes' (same meaning)"
+        in state.message
+    )
+    assert list(tmp_path.iterdir()) == []  # no ledger, no report: nothing ran

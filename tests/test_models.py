@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, time
 
 import pytest
+from pydantic import ValidationError
 
 import models
 from models.base import Model
@@ -274,17 +275,28 @@ def test_every_seed_model_is_registered_with_volume_modulo_first():
     ]
 
 
-def test_models_have_disjoint_fields_so_the_ui_picks_the_right_tab():
-    seen: dict[str, str] = {}
-    for cls in models.params_classes():
+def ui_tab(value: dict, schemas: list[dict]) -> int:
+    """The Prefect 3.9.1 v2 form's tab for a saved object value (its schema-form bundle): the
+    first union branch whose properties hold the most of the value's keys; 0 when none do."""
+    best, most = 0, 0
+    for i, schema in enumerate(schemas):
+        overlap = len(set(value) & set(schema.get("properties", {})))
+        if overlap > most:
+            best, most = i, overlap
+    return best
+
+
+def test_every_model_has_fields_of_its_own_so_the_ui_picks_the_right_tab():
+    """Shared fields (``flat_minutes``) are fine while each model keeps fields no other has."""
+    classes = models.params_classes()
+    schemas = [cls.model_json_schema() for cls in classes]
+    for i, cls in enumerate(classes):
         name = cls.model_fields["name"].default
         assert cls.__doc__ and cls.model_config.get("title"), name
-        for field, info in cls.model_fields.items():
-            if field == "name":
-                continue
-            assert info.title, (name, field)
-            assert field not in seen, f"{name}.{field} is also a field of {seen.get(field)}"
-            seen[field] = name
+        assert all(info.title for f, info in cls.model_fields.items() if f != "name"), name
+        others = {f for other in classes if other is not cls for f in other.model_fields}
+        assert set(cls.model_fields) - others, f"{name} has no field of its own"
+        assert ui_tab(cls().model_dump(mode="json"), schemas) == i, name
 
 
 @pytest.mark.parametrize(
@@ -315,8 +327,8 @@ def test_models_have_disjoint_fields_so_the_ui_picks_the_right_tab():
             "model.mood_swing: Value error, '25:00' is not a time of day (HH:MM)",
         ),
         (
-            {"name": "moody_trader", "calm_minutes": 400},
-            "model.calm_minutes: Input should be less than or equal to 360",
+            {"name": "moody_trader", "flat_minutes": 400},
+            "model.flat_minutes: Input should be less than or equal to 360",
         ),
         (
             {"name": "mean_reversion", "lookback": 2},
@@ -340,6 +352,86 @@ def test_bad_model_params_are_refused_with_the_field_named(model, message):
     with pytest.raises(ConfigError) as err:
         parse_session_config({"model": model})
     assert message in str(err.value)
+
+
+# -- flat before the close: one parameter, one meaning ------------------------------------
+
+FLAT_MODELS = ("opening_momentum", "moody_trader", "mean_reversion", "ma_crossover")
+
+
+def test_flat_minutes_is_the_same_field_in_every_model_that_has_it():
+    fields = {
+        name: cls.model_json_schema()["properties"].get("flat_minutes")
+        for cls in models.params_classes()
+        if (name := cls.model_fields["name"].default)
+    }
+    assert {n for n, f in fields.items() if f} == set(FLAT_MODELS)
+    assert all(fields[n] == fields["ma_crossover"] for n in FLAT_MODELS)
+    assert fields["ma_crossover"] == {
+        "default": 15,
+        "minimum": 0,
+        "maximum": 360,
+        "title": "Flat before the close (minutes)",
+        "description": "From this many minutes before the close: hold 0 and send no opening orders",
+        "type": "integer",
+    }
+
+
+def holding_before_flat(name: str) -> tuple[Model, list[tuple[str, int, float]]]:
+    """The model with ``flat_minutes=30`` and WINTER trades that leave it holding a position
+    before then (opening momentum long 1, moody short 1, mean reversion long 1, crossover
+    short 1)."""
+    o = WINTER.open_ns
+    if name == "opening_momentum":
+        p = OpeningMomentumParams(position_size=1, decision_minutes=1, flat_minutes=30)
+        return OpeningMomentum(p, ["X"]), [("X", o, 100.0), ("X", o + MIN, 200.0)]
+    if name == "moody_trader":
+        p = MoodyTraderParams(lot_size=1, flat_minutes=30)
+        return MoodyTrader(p, ["X"]), [("X", o, 1.0), ("X", utc(WINTER.day, 18, 0), 1.0)]
+    if name == "mean_reversion":
+        p = MeanReversionParams(trade_size=1, lookback=5, entry_z=1.5, exit_z=0.0, flat_minutes=30)
+        prices = [10, 10, 10, 10, 9]
+        return MeanReversion(p, ["X"]), [("X", o + i, float(x)) for i, x in enumerate(prices)]
+    p = MaCrossoverParams(shares=1, fast_window=1, slow_window=2, flat_minutes=30)
+    prices = [10, 11, 10]
+    return MaCrossover(p, ["X"]), [("X", o + i, float(x)) for i, x in enumerate(prices)]
+
+
+@pytest.mark.parametrize("name", FLAT_MODELS)
+def test_flat_minutes_before_the_close_every_model_holds_0_and_opens_nothing(name):
+    model, before = holding_before_flat(name)
+    model.on_start(WINTER)
+    flat_ns = WINTER.close_ns - 30 * MIN
+    opened = drive(model, before)
+    held = sum(qty if side == "buy" else -qty for _, side, qty, _, _ in opened)
+    assert held != 0  # the model holds a position when flat_minutes comes
+    assert drive(model, [("X", flat_ns - 1, before[-1][2])], start=held) == []  # last price again
+    # from flat_ns: one order to 0, then nothing, whatever the prices would have signalled
+    after = [("X", flat_ns + i, float(x)) for i, x in enumerate([10, 5, 20, 1, 30, 2, 40])]
+    closing = drive(model, after, start=held)
+    assert [(side, qty, ts) for _, side, qty, ts, _ in closing] == [
+        ("sell" if held > 0 else "buy", abs(held), flat_ns)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "old"),
+    [
+        ("ma_crossover", "close_out_minutes"),
+        ("opening_momentum", "exit_minutes"),
+        ("moody_trader", "calm_minutes"),
+    ],
+)
+def test_an_old_name_of_flat_minutes_is_refused_naming_old_and_new(name, old):
+    """What a stored deployment parameter or a JSON config from before the rename gets."""
+    with pytest.raises(ConfigError) as err:
+        parse_session_config({"model": {"name": name, old: 10}})
+    assert f"model.{old}: '{old}' is now called 'flat_minutes' (same meaning): rename it" in str(
+        err.value
+    )
+    with pytest.raises(ValidationError, match=f"'{old}' is now called 'flat_minutes'"):
+        models.get(name).params_class.model_validate({old: 10, "flat_minutes": 10})
+    assert models.get(name).params_class(flat_minutes=10).flat_minutes == 10
 
 
 def test_good_params_parse_to_the_models_own_class():
