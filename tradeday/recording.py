@@ -232,7 +232,7 @@ def from_minute_bars_csv(path: str | Path, symbol: str) -> pa.Table:
     return conform(
         pa.table(
             {
-                "ts": localize_ns(df["timestamp"], NEW_YORK) - 60_000_000_000,
+                "ts": localize_ns(df["timestamp"], NEW_YORK) - MINUTE_NS,
                 "symbol": pa.array([symbol] * n, pa.string()),
                 "kind": pa.array(["b"] * n, pa.string()),
                 "open": df["o"].to_numpy("float64"),

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tradeday import history, recording
-from tradeday.events import NS_PER_S, Bar, SessionWindow
+from tradeday.events import MINUTE_NS, NS_PER_S, Bar, SessionWindow
 from tradeday.feed import ENDPOINTS
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REPLAY_KEY = "replay"  # the embedded replay server's key and secret: it guards nothing real
-OPEN_LEAD_NS = 60 * NS_PER_S  # a live session connects this long before the open
+OPEN_LEAD_NS = MINUTE_NS  # a live session connects this long before the open
 _WAIT_SLICE_S = 300.0  # the wait for the open logs at least this often
 
 

@@ -17,7 +17,7 @@ from tradeday.brokers.base import Broker
 from tradeday.brokers.simulated import SimulatedBroker
 from tradeday.config import SessionConfig
 from tradeday.engine import Engine
-from tradeday.events import NS_PER_S, SessionWindow
+from tradeday.events import MINUTE_NS, SessionWindow
 from tradeday.risk import RiskGate
 from tradeday.sources import SOURCES
 
@@ -105,7 +105,7 @@ def subscriptions(model: models.Model, broker: Broker) -> Subscriptions:
 
 def stop_at_ns(config: SessionConfig, window: SessionWindow) -> int:
     """When the session stops trading: ``close_buffer_minutes`` before the close."""
-    return window.close_ns - int(config.close_buffer_minutes * 60 * NS_PER_S)
+    return window.close_ns - int(config.close_buffer_minutes * MINUTE_NS)
 
 
 @dataclass(frozen=True, slots=True)
