@@ -9,9 +9,11 @@ tests do not move when a shipped model is tuned.
 
 from __future__ import annotations
 
+import gzip
 import os
 import random
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -23,6 +25,7 @@ from typing import Literal
 
 import duckdb
 import pytest
+from sqlalchemy import func, select
 
 import tradeday.report as report
 from models.base import NO_ORDERS, Model, ModelParams
@@ -34,7 +37,7 @@ from tradeday.cli import main as cli_main
 from tradeday.config import RiskLimits
 from tradeday.engine import Engine
 from tradeday.events import Bar, Order, Trade, buy, sell
-from tradeday.ledger import Batch, Ledger
+from tradeday.ledger import Batch, FillRow, Ledger, OrderRow
 from tradeday.report import (
     REPORT_SCHEMA_VERSION,
     TABLES,
@@ -81,14 +84,25 @@ class BarTrend(Model[BarTrendParams]):
         return NO_ORDERS
 
 
-def replay_bars(ledger: Ledger, day: date, model: str, *, flatten: bool = True) -> str:
-    """One session of recorded bars as TradingSession runs it: flushes, flatten, final flush."""
+def replay_bars(
+    ledger: Ledger,
+    day: date,
+    model: str,
+    *,
+    flatten: bool = True,
+    run_id: str | None = None,
+    started_late_ns: int = 0,
+) -> str:
+    """One session of recorded bars as TradingSession runs it: flushes, flatten, final flush.
+
+    ``run_id`` and ``started_late_ns`` make a rerun of the same day and model.
+    """
     window = session_window(day)
     bars = recording.load(
         recording.bundled(day), SYMBOLS, window.open_ns, window.close_ns, kinds=["b"]
     )
     params = BarTrendParams(name=model, quantity=10 if model == "bar_trend" else 7)
-    run_id = f"td-{day:%Y%m%d}-{model}"
+    run_id = run_id or f"td-{day:%Y%m%d}-{model}"
     ledger.start_run(
         run_id=run_id,
         session_date=day.isoformat(),
@@ -98,7 +112,7 @@ def replay_bars(ledger: Ledger, day: date, model: str, *, flatten: bool = True) 
         feed="replay",
         broker="simulated",
         account="simulated",
-        started_ns=window.open_ns,
+        started_ns=window.open_ns + started_late_ns,
         heartbeat_ns=window.open_ns,
         counters={},
     )
@@ -351,23 +365,25 @@ def test_writing_a_session_twice_leaves_one_copy(five_days):
 def test_a_failed_write_leaves_the_previous_state(five_days, monkeypatch):
     path, run_id = five_days["path"], five_days["runs"][0]
     before = snapshot(path)
-    real_insert = report._insert
-    inserted: list[str] = []
+    real_merge = report._merge_table
+    merged: list[str] = []
 
-    def insert_then_fail(con, table, frame):
-        if len(inserted) == 3:  # sessions, orders and fills replaced; then a crash
+    def merge_then_fail(con, table):
+        if len(merged) == 3:  # sessions, orders and fills replaced; then a crash
             raise RuntimeError("disk full")
-        real_insert(con, table, frame)
-        inserted.append(table)
+        real_merge(con, table)
+        merged.append(table)
 
-    monkeypatch.setattr(report, "_insert", insert_then_fail)
+    monkeypatch.setattr(report, "_merge_table", merge_then_fail)
     with pytest.raises(RuntimeError, match="disk full"):
         write_report(five_days["ledger"], run_id, path)
-    assert inserted == ["sessions", "orders", "fills"]
+    assert merged == ["sessions", "orders", "fills"]
     assert snapshot(path) == before
-    monkeypatch.setattr(report, "_insert", real_insert)
+    assert list(report.staged_runs(path)) == [run_id]  # kept for the next write
+    monkeypatch.setattr(report, "_merge_table", real_merge)
     write_report(five_days["ledger"], run_id, path)  # the file is not left locked
     assert snapshot(path) == before
+    assert report.staged_runs(path) == {}
 
 
 KILLED_WRITER = """
@@ -376,14 +392,14 @@ import tradeday.report as report
 from tradeday.ledger import Ledger
 
 ledger_url, run_id, path, marker = sys.argv[1:]
-real_insert = report._insert
+real_merge = report._merge_table
 
-def insert_slowly(con, table, frame):
-    real_insert(con, table, frame)
+def merge_slowly(con, table):
+    real_merge(con, table)
     open(marker, "w").write(table)  # the old rows are deleted and new ones going in
     time.sleep(600)
 
-report._insert = insert_slowly
+report._merge_table = merge_slowly
 report.write_report(Ledger(ledger_url), run_id, path)
 """
 
@@ -415,6 +431,8 @@ def test_a_killed_write_leaves_the_previous_state(five_days):
         writer.wait()
     assert marker.read_text() == "sessions"
     assert snapshot(path) == before
+    write_report(five_days["ledger"], run_id, path)  # the killed writer's staged rows too
+    assert snapshot(path) == before and report.staged_runs(path) == {}
 
 
 def test_a_writer_waits_while_another_process_holds_the_file(five_days, monkeypatch):
@@ -526,7 +544,7 @@ def test_a_v1_file_is_upgraded_when_read(tmp_path: Path):
     con.execute(V1_DDL)
     con.close()
     con = open_report(old)
-    assert con.execute("SELECT value FROM meta").fetchone() == ("2",)
+    assert con.execute("SELECT value FROM meta").fetchone() == (str(REPORT_SCHEMA_VERSION),)
     assert con.execute("SELECT session_id, net FROM daily_summary").fetchall() == [
         ("td-20221230-old", 12.0)
     ]
@@ -642,6 +660,145 @@ def test_the_docs_sharpe_and_drawdown_sql_agree_with_the_report(five_days):
     assert len(recomputed) == len(stored) == 10
     for session_id, drawdown, sharpe in stored:
         assert recomputed[session_id] == (approx(drawdown), pytest.approx(sharpe, rel=1e-9))
+
+
+# -- every run is kept ----------------------------------------------------------------------
+
+
+def ledger_counts(ledger: Ledger, run_id: str) -> tuple[int, int]:
+    """The run's orders and fills in the ledger."""
+    with ledger.engine.connect() as conn:
+        return tuple(
+            conn.execute(select(func.count()).select_from(row).where(row.run_id == run_id)).scalar()
+            for row in (OrderRow, FillRow)
+        )
+
+
+def report_counts(path: Path, run_id: str) -> tuple[int, int]:
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        return tuple(
+            con.execute(f"SELECT count(*) FROM {t} WHERE session_id = ?", [run_id]).fetchone()[0]
+            for t in ("orders", "fills")
+        )
+    finally:
+        con.close()
+
+
+def test_every_run_is_kept_and_daily_summary_reads_the_latest(tmp_path: Path):
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+    first = replay_bars(ledger, DAYS[0], "bar_trend")
+    # a rerun of that day, model and deployment, a minute later, that ends holding positions
+    rerun = replay_bars(
+        ledger, DAYS[0], "bar_trend", flatten=False, run_id="td-rerun", started_late_ns=MINUTE_NS
+    )
+    path = tmp_path / "reports.duckdb"
+    write_report(ledger, first, path)
+    write_report(ledger, rerun, path)
+    before = snapshot(path)
+    write_report(ledger, first, path)  # rewriting a run is idempotent and erases no other
+    assert snapshot(path) == before
+    for run_id in (first, rerun):
+        assert report_counts(path, run_id) == ledger_counts(ledger, run_id) != (0, 0)
+    con = duckdb.connect(str(path), read_only=True)
+    assert con.execute("SELECT session_id, status, latest FROM run_summary").fetchall() == [
+        (first, "completed", False),
+        (rerun, "failed", True),
+    ]
+    assert con.execute("SELECT session_id FROM daily_summary").fetchall() == [(rerun,)]
+    assert con.execute("SELECT session_id FROM latest_sessions").fetchall() == [(rerun,)]
+    rerun_net = con.execute("SELECT net FROM daily_summary").fetchone()[0]
+    con.close()
+    ledger.close()
+    text = summary_markdown_for(path, [DAYS[0]])
+    assert f"| {first} (rerun since) |" in text and f"| {rerun} |" in text
+    # the per-model total counts the day once, at its latest run
+    assert "| bar_trend | 1 | " in text and f"| {report.money(rerun_net)} |" in text
+
+
+def _shell(path: Path, sql: str) -> subprocess.CompletedProcess:
+    """``sql`` through the command the demo and the artifact print (the DuckDB shell)."""
+    return subprocess.run(
+        [*shlex.split(report.shell_command(path)), "-csv", "-noheader", "-c", sql],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_the_duckdb_shell_reads_the_report(five_days):
+    assert report.shell_command(ROOT / "data" / "reports.duckdb", absolute=False) == (
+        ".venv/bin/duckdb -readonly data/reports.duckdb"
+        if Path.cwd() == ROOT
+        else f"{ROOT}/.venv/bin/duckdb -readonly {ROOT}/data/reports.duckdb"
+    )
+    done = _shell(five_days["path"], "SELECT count(*), sum(trades) FROM daily_summary")
+    assert done.returncode == 0, done.stderr
+    con = duckdb.connect(str(five_days["path"]), read_only=True)
+    trades = con.execute("SELECT count(*) FROM fills").fetchone()[0]
+    con.close()
+    assert done.stdout.strip() == f"10,{trades}"
+
+
+def test_daily_summary_shows_no_float_noise(five_days):
+    con = duckdb.connect(str(five_days["path"]), read_only=True)
+    plain = con.execute(
+        "SELECT sum(turnover), sum(realized), sum(net) FROM pnl GROUP BY session_id"
+    ).fetchall()
+    money = ("turnover", "realized", "unrealized", "fees", "net", "max_drawdown")
+    shown = con.execute(f"SELECT {', '.join(money)} FROM daily_summary").fetchall()
+    con.close()
+    assert any(v != round(v, 6) for row in plain for v in row)  # plain sums do show noise
+    assert len(shown) == 10
+    assert all(v == round(v, 6) for row in shown for v in row)
+
+
+# A report written by tradeday's schema-v2 code (commit 6b0ffb2, duckdb 2.0.0, so in
+# storage v2.0.0, which the DuckDB shell refuses): three 20-minute bar sessions of
+# replay_bars (2023-01-03 bar_trend and bar_fade, 2023-01-04 bar_trend), gzipped.
+V2_FILE = ROOT / "tests" / "fixtures" / "report-v2.duckdb.gz"
+V2_RUNS = ["td-20230103-bar_fade", "td-20230103-bar_trend", "td-20230104-bar_trend"]
+
+
+def test_a_v2_file_is_migrated_keeping_its_rows_and_the_shell_reads_it(tmp_path: Path):
+    path = tmp_path / "reports.duckdb"
+    path.write_bytes(gzip.decompress(V2_FILE.read_bytes()))
+    before = snapshot(path)
+    con = duckdb.connect(str(path), read_only=True)
+    assert con.execute("SELECT value FROM meta").fetchall() == [("2",)]
+    assert report.storage_version(con) == "v2.0.0+"
+    con.close()
+    assert _shell(path, "SELECT 1").returncode != 0  # the shell cannot read it yet
+
+    open_report(path).close()
+
+    assert snapshot(path) == before  # every row kept, unchanged
+    con = duckdb.connect(str(path), read_only=True)
+    assert con.execute("SELECT value FROM meta").fetchall() == [(str(REPORT_SCHEMA_VERSION),)]
+    assert report.storage_version(con) == f"{report.SHELL_STORAGE_VERSION}+"
+    con.close()
+    done = _shell(path, "SELECT session_id, turnover, net FROM daily_summary ORDER BY ALL")
+    assert done.returncode == 0, done.stderr
+    # v2's daily_summary showed 79589.80718999999 and -29.711570000000002
+    assert done.stdout.splitlines() == [
+        "td-20230103-bar_fade,57513.21981,43.913747",
+        "td-20230103-bar_trend,79589.80719,-82.95908",
+        "td-20230104-bar_trend,75892.701902,-29.71157",
+    ]
+
+    # a rerun of a migrated day keeps the old run
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+    rerun = replay_bars(ledger, DAYS[0], "bar_trend", run_id="td-rerun", started_late_ns=1)
+    write_report(ledger, rerun, path)
+    ledger.close()
+    con = duckdb.connect(str(path), read_only=True)
+    assert con.execute("SELECT session_id, latest FROM run_summary").fetchall() == [
+        (V2_RUNS[0], True),
+        (V2_RUNS[1], False),
+        (rerun, True),
+        (V2_RUNS[2], True),
+    ]
+    con.close()
 
 
 # -- write time -----------------------------------------------------------------------------
