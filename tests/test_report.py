@@ -18,12 +18,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 from typing import Literal
 
 import duckdb
+import psutil
 import pytest
 from sqlalchemy import func, select
 
@@ -45,6 +47,7 @@ from tradeday.report import (
     summary_markdown_for,
     write_report,
 )
+from tradeday.report_delivery import check_writable, deliver_report
 from tradeday.risk import RiskGate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -799,6 +802,201 @@ def test_a_v2_file_is_migrated_keeping_its_rows_and_the_shell_reads_it(tmp_path:
         (V2_RUNS[2], True),
     ]
     con.close()
+
+
+# -- a report never fails a session ---------------------------------------------------------
+
+SHELL = Path(sys.executable).parent / "duckdb"
+HOLDERS = {
+    # the DuckDB shell, read-only as the docs say: it blocks a writer all the same
+    "shell -readonly": [str(SHELL), "-readonly"],
+    "python read-write": [
+        sys.executable,
+        "-c",
+        "import duckdb, sys; c = duckdb.connect(sys.argv[1]); "
+        "print('holding', flush=True); sys.stdin.readline()",
+    ],
+}
+
+
+@contextmanager
+def held(path: Path, how: str) -> Iterator[subprocess.Popen]:
+    """Another process with ``path`` open, until the block ends."""
+    holder = subprocess.Popen(
+        [*HOLDERS[how], str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        if how.startswith("shell"):
+            holder.stdin.write("SELECT 'hold' || 'ing';\n")
+            holder.stdin.flush()
+        while "holding" not in (line := holder.stdout.readline()):
+            assert line, f"the holder exited: {holder.wait()}"
+        yield holder
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+
+
+def holder_pid(holder: subprocess.Popen) -> int:
+    """The process that holds the file: the holder, or the DuckDB binary that
+    .venv/bin/duckdb (a Python entry point) runs as its child."""
+    children = psutil.Process(holder.pid).children()
+    return children[0].pid if children else holder.pid
+
+
+def wait_for_writer(path: Path, line: str) -> None:
+    """Until the background writer's log has ``line`` (bounded, not timed)."""
+    log = report.pending_dir(path) / "writer.log"
+    deadline = time.monotonic() + 120
+    while line not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline, f"no {line!r} in the writer's log"
+        time.sleep(0.2)
+
+
+def a_report_with(ledger: Ledger, run_id: str, path: Path) -> None:
+    write_report(ledger, run_id, path)
+    assert report.staged_runs(path) == {}
+
+
+@pytest.mark.parametrize("how", list(HOLDERS))
+def test_a_held_report_is_deferred_and_lands_once_free(tmp_path: Path, how: str):
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+    earlier = replay_bars(ledger, DAYS[0], "bar_trend")
+    run_id = replay_bars(ledger, DAYS[1], "bar_trend")
+    path = tmp_path / "reports.duckdb"
+    a_report_with(ledger, earlier, path)
+    with held(path, how) as holder:
+        pid = holder_pid(holder)
+        delivery = deliver_report(ledger.url, run_id, path, wait_s=1.0)
+        assert delivery.status == "deferred"
+        assert f"PID {pid} (" in delivery.detail
+        assert delivery.message().startswith(f"report deferred: {path} is held by PID ")
+        assert list(report.staged_runs(path)) == [run_id]
+        wait_for_writer(path, f"{path} is held by PID {pid}")  # it started and waits
+        assert list(report.staged_runs(path)) == [run_id]
+    wait_for_writer(path, f"wrote {run_id} into {path}")
+    assert report.staged_runs(path) == {}
+    assert report_counts(path, run_id) == ledger_counts(ledger, run_id) != (0, 0)
+    assert report_counts(path, earlier) == ledger_counts(ledger, earlier)
+    ledger.close()
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_session_completes_while_the_shell_holds_its_report(es_twenty_minutes, session_paths):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    from flows.session import trading_session
+    from tradeday.config import parse_session_config
+
+    config = parse_session_config(
+        {
+            "model": {"name": "volume_modulo"},
+            "symbols": ["ES"],
+            "feed": {"recording": str(es_twenty_minutes)},
+            **session_paths,
+        }
+    )
+    path = Path(session_paths["report_path"])
+    report.connect(path, read_only=False).close()  # an empty report the shell can open
+    with held(path, "shell -readonly") as holder:
+        state = trading_session(config=config, session_date=date(2013, 9, 3), return_state=True)
+        assert state.is_completed()
+        result = state.result()
+        assert result["status"] == "completed" and result["final_positions"] == {}
+        held_by = f"is held by PID {holder_pid(holder)} ("
+        assert f"report deferred: {path.resolve()} {held_by}" in state.message
+        assert result["report"] in state.message
+    wait_for_writer(path, f"wrote {result['run_id']} into {path.resolve()}")
+    ledger = Ledger(session_paths["ledger_url"])
+    assert report_counts(path, result["run_id"]) == ledger_counts(ledger, result["run_id"])
+    assert ledger_counts(ledger, result["run_id"]) == (result["orders"], result["fills"])
+    ledger.close()
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])
+            )
+        )
+    (summary,) = [a for a in artifacts if a.key == "session-summary"]
+    assert f"| Report | {result['report']} |" in summary.data
+    assert f"```\n{report.shell_command(path, absolute=True)}\n```" in summary.data
+    assert f"```\n{path.resolve()}\n```" in summary.data and "file://" not in summary.data
+
+
+@contextmanager
+def unwritable(folder: Path) -> Iterator[None]:
+    """``folder`` made unwritable for real: chattr +i as root (who ignores modes), else chmod."""
+    if os.geteuid() == 0:
+        if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode:
+            pytest.skip(f"chattr +i is not supported on {folder}'s filesystem")
+        try:
+            yield
+        finally:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+    else:
+        folder.chmod(0o555)
+        try:
+            yield
+        finally:
+            folder.chmod(0o755)
+
+
+def test_an_unwritable_report_directory_is_named_and_the_ledger_kept(tmp_path: Path):
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+    run_id = replay_bars(ledger, DAYS[0], "bar_trend")
+    kept = ledger_counts(ledger, run_id)
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    path = folder / "reports.duckdb"
+    with unwritable(folder):
+        with pytest.raises(report.ReportError) as refused:
+            check_writable(path)
+        delivery = deliver_report(ledger.url, run_id, path)
+    for text in (str(refused.value), delivery.detail):
+        assert text.startswith(f"report_path {path}: {folder} is not writable (PermissionError")
+        assert "choose a writable report_path or fix the directory's permissions" in text
+    assert delivery.status == "failed"
+    assert ledger_counts(ledger, run_id) == kept
+    assert list(folder.iterdir()) == []
+    ledger.close()
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs: smaller than any DuckDB file. Needs root (mount); skips without."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if (
+        os.geteuid() != 0
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True
+        ).returncode
+    ):
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_full_disk_is_named_and_the_ledger_kept(tmp_path: Path, full_disk: Path):
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+    run_id = replay_bars(ledger, DAYS[0], "bar_trend")
+    kept = ledger_counts(ledger, run_id)
+    path = full_disk / "reports.duckdb"
+    check_writable(path)  # an empty file still fits
+    delivery = deliver_report(ledger.url, run_id, path)
+    assert delivery.status == "failed"
+    assert delivery.detail.startswith(f"report_path {path}: the disk holding {full_disk} is full")
+    assert "free some space there, then write the report from the ledger" in delivery.detail
+    assert ledger_counts(ledger, run_id) == kept
+    assert list(report.pending_dir(path).iterdir()) == []  # no partial file left behind
+    ledger.close()
 
 
 # -- write time -----------------------------------------------------------------------------
