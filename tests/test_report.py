@@ -966,6 +966,32 @@ def test_an_unwritable_report_directory_is_named_and_the_ledger_kept(tmp_path: P
     ledger.close()
 
 
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_session_with_an_unwritable_report_path_is_refused_before_trading(
+    es_twenty_minutes, session_paths, tmp_path: Path
+):
+    from flows.session import trading_session
+    from tradeday.config import parse_session_config
+
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    path = folder / "reports.duckdb"
+    config = parse_session_config(
+        {
+            "model": {"name": "volume_modulo"},
+            "symbols": ["ES"],
+            "feed": {"recording": str(es_twenty_minutes)},
+            **{**session_paths, "report_path": str(path)},
+        }
+    )
+    with unwritable(folder), pytest.raises(report.ReportError) as refused:
+        trading_session(config=config, session_date=date(2013, 9, 3))
+    assert str(refused.value).startswith(f"report_path {path}: {folder} is not writable")
+    ledger = Ledger(session_paths["ledger_url"])
+    assert ledger.runs("2013-09-03") == []  # nothing traded
+    ledger.close()
+
+
 @pytest.fixture
 def full_disk(tmp_path: Path) -> Iterator[Path]:
     """A 64 KiB tmpfs: smaller than any DuckDB file. Needs root (mount); skips without."""

@@ -62,10 +62,13 @@ def storage_problem(path: Path, exc: BaseException) -> str:
     else:
         fix = "fix the cause"
         what = f"writing {path} failed"
-    return (
-        f"report_path {path}: {what} ({text}); {fix}, then write the report from the ledger, "
-        "which keeps every row (the end-of-day-report deployment for that date)"
-    )
+    return f"report_path {path}: {what} ({text}); {fix}"
+
+
+LEDGER_KEEPS_IT = (
+    ", then write the report from the ledger, which keeps every row (the end-of-day-report "
+    "deployment for that date)"
+)
 
 
 def check_writable(path: str | Path) -> None:
@@ -95,14 +98,14 @@ def deliver_report(
         finally:
             ledger.close()
     except Exception as exc:
-        return Delivery(path, "failed", storage_problem(path, exc))
+        return Delivery(path, "failed", storage_problem(path, exc) + LEDGER_KEEPS_IT)
     try:
         report.merge_pending(path, wait_s)
     except report.ReportLocked as exc:
         start_background_writer(path)
         return Delivery(path, "deferred", exc.holder)
     except Exception as exc:
-        return Delivery(path, "failed", storage_problem(path, exc))
+        return Delivery(path, "failed", storage_problem(path, exc) + LEDGER_KEEPS_IT)
     return Delivery(path, "written")
 
 
