@@ -115,7 +115,7 @@ def start_background_writer(path: Path) -> None:
     log = report.pending_dir(path) / "writer.log"
     with log.open("ab") as out:
         subprocess.Popen(
-            [sys.executable, "-m", "tradeday.report_delivery", str(path)],
+            [sys.executable, "-m", "tradeday.report_delivery", str(path.resolve())],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
