@@ -966,6 +966,15 @@ def test_an_unwritable_report_directory_is_named_and_the_ledger_kept(tmp_path: P
     ledger.close()
 
 
+def test_a_run_the_ledger_cannot_give_is_a_failed_delivery_naming_it(tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    Ledger(url).close()
+    delivery = deliver_report(url, "td-missing", tmp_path / "reports.duckdb")
+    assert delivery.status == "failed"
+    assert delivery.detail.startswith("run td-missing could not be read from the ledger (KeyError")
+    assert not (tmp_path / "reports.duckdb").exists()
+
+
 @pytest.mark.usefixtures("prefect_harness")
 def test_a_session_with_an_unwritable_report_path_is_refused_before_trading(
     es_twenty_minutes, session_paths, tmp_path: Path

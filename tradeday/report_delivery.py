@@ -22,6 +22,8 @@ from pathlib import Path
 from time import monotonic, sleep
 from typing import Literal
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from tradeday import report
 from tradeday.ledger import Ledger
 
@@ -97,6 +99,12 @@ def deliver_report(
             report.stage_run(ledger, run_id, path)
         finally:
             ledger.close()
+    except (SQLAlchemyError, KeyError) as exc:  # unreachable, or no such run
+        problem = (
+            f"run {run_id} could not be read from the ledger ({type(exc).__name__}: {exc}); "
+            "write the report once it can (the end-of-day-report deployment for that date)"
+        )
+        return Delivery(path, "failed", problem)
     except Exception as exc:
         return Delivery(path, "failed", storage_problem(path, exc) + LEDGER_KEEPS_IT)
     try:
