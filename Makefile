@@ -1,6 +1,7 @@
 # Two commands set everything up on a fresh clone with only python3, git and make:
 #   make demo   a full offline session (replay server, simulated broker, local files)
 #   make test   lint and the whole test suite (what .ci/run runs)
+#   make sql    the DuckDB report in the DuckDB shell, read-only (docs/reports.md)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 UV     := $(VENV)/bin/uv
@@ -8,16 +9,22 @@ STAMP  := $(VENV)/.synced-stamp
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: demo test lint format bench clean chromium
+.PHONY: demo test lint format bench clean chromium sql
 
 $(STAMP): pyproject.toml uv.lock
 	test -x $(PY) || python3 -m venv $(VENV)
 	test -x $(UV) || $(PY) -m pip install --quiet uv
 	$(UV) sync --locked --python $(PY)
+	test -x $(VENV)/bin/duckdb  # the DuckDB shell, from the duckdb-cli package
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/tradeday demo
+
+# REPORT=path for another report file; quit with .quit (an open shell defers sessions' reports)
+REPORT ?= data/reports.duckdb
+sql: $(STAMP)
+	$(VENV)/bin/duckdb -readonly $(REPORT)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -3,7 +3,8 @@
 A synthetic ledger (SQLite, through ``tradeday.ledger.Ledger`` like a session writes it:
 batches of orders, their fills, per-minute marks, positions) for one day on four symbols,
 every order filled; then ``tradeday.report.write_report`` into a new DuckDB file, and
-again into the same file (a re-run of the day replaces its rows).
+again into the same file (the same run rewritten: its rows replaced, staged first like
+every write).
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ def run(quick: bool = False) -> list[Row]:
             note,
         ),
         Row(
-            "report", "write_report, day replaced", again, "s", f"< {TARGET_S:g}", again < TARGET_S
+            "report", "write_report, run rewritten", again, "s", f"< {TARGET_S:g}", again < TARGET_S
         ),
     ]
 

@@ -15,13 +15,12 @@ from prefect.states import Completed
 from tasks.calendar import market_window
 from tasks.credentials import alpaca_credentials
 from tasks.recovery import recover_crashed_runs
-from tasks.reporting import end_of_day_report, publish_summary
+from tasks.reporting import report_session
 from tasks.streaming import stream_session
 from tasks.ui import SessionProgress, session_tags, tag_flow_run
 from tradeday.calendar import MarketClosed, exchange_today
 from tradeday.config import SessionConfig
-from tradeday.ledger import Ledger
-from tradeday.report import write_report
+from tradeday.report_delivery import check_writable, deliver_report
 from tradeday.session import TradingSession
 from tradeday.wiring import needs_credentials
 
@@ -49,6 +48,7 @@ def trading_session(config: SessionConfig = SessionConfig(), session_date: date 
         logger.info("%s: nothing to do", window)
         return Completed(message=str(window), data={"status": "closed", "reason": window.reason})
     credentials = alpaca_credentials() if needs_credentials(config) else None
+    check_writable(config.report_path)
     recover_crashed_runs(config, credentials, by=f"the {day} {config.model.name} session's start")
     progress = SessionProgress(f"{day} {config.model.name}: share of the session done", logger)
     session = TradingSession(
@@ -72,13 +72,15 @@ def trading_session(config: SessionConfig = SessionConfig(), session_date: date 
     finally:
         result = session.shutdown(status, message)
         if status != "completed":
-            ledger = Ledger(config.ledger_url)
-            try:
-                write_report(ledger, session.run_id, config.report_path)
-            finally:
-                ledger.close()
+            logger.info(
+                deliver_report(config.ledger_url, session.run_id, config.report_path).message()
+            )
         session.close()
     progress.done()
-    report = end_of_day_report(config.ledger_url, session.run_id, config.report_path)
-    publish_summary(result, report)
-    return {**result.as_dict(), "report_path": report}
+    delivery = report_session(result, config.ledger_url, config.report_path, logger)
+    data = {
+        **result.as_dict(),
+        "report_path": str(delivery.path.resolve()),
+        "report": delivery.message(),
+    }
+    return Completed(message=f"{result.message}; {delivery.message()}", data=data)

@@ -11,7 +11,7 @@ from tradeday.brokers.base import AccountCloser
 from tradeday.config import SessionConfig
 from tradeday.ledger import Ledger
 from tradeday.recovery import recover
-from tradeday.report import write_report
+from tradeday.report_delivery import deliver_report
 from tradeday.wiring import Credentials, account_of, make_broker
 
 
@@ -23,8 +23,8 @@ def recover_crashed_runs(
 
     Each recovered run is then written into ``config.report_path``, so the DuckDB report
     shows the crashed session, its recovery fills and its P&L without waiting for the
-    end-of-day report. A report that cannot be written is logged, never raised: the
-    positions are already closed, and the end-of-day report can write it again.
+    end-of-day report. A report that cannot be written now is deferred or logged, never
+    raised (tradeday.report_delivery): the positions are already closed.
     """
     logger = get_run_logger()
     ledger = Ledger(config.ledger_url)
@@ -38,10 +38,8 @@ def recover_crashed_runs(
             run = ledger.run(rec.run_id)
             if run is not None and run.flow_run_id:
                 mark_flow_run_crashed(run.flow_run_id, run.message)
-            try:
-                write_report(ledger, rec.run_id, config.report_path)
-            except Exception:
-                logger.exception("crashed run %s: report not written", rec.run_id)
+            delivery = deliver_report(config.ledger_url, rec.run_id, config.report_path)
+            logger.info("crashed run %s: %s", rec.run_id, delivery.message())
     finally:
         broker.close()
         ledger.close()

@@ -9,20 +9,25 @@ tests do not move when a shipped model is tuned.
 
 from __future__ import annotations
 
+import gzip
 import os
 import random
 import re
+import shlex
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 from typing import Literal
 
 import duckdb
+import psutil
 import pytest
+from sqlalchemy import func, select
 
 import tradeday.report as report
 from models.base import NO_ORDERS, Model, ModelParams
@@ -34,7 +39,7 @@ from tradeday.cli import main as cli_main
 from tradeday.config import RiskLimits
 from tradeday.engine import Engine
 from tradeday.events import Bar, Order, Trade, buy, sell
-from tradeday.ledger import Batch, Ledger
+from tradeday.ledger import Batch, FillRow, Ledger, OrderRow
 from tradeday.report import (
     REPORT_SCHEMA_VERSION,
     TABLES,
@@ -42,6 +47,7 @@ from tradeday.report import (
     summary_markdown_for,
     write_report,
 )
+from tradeday.report_delivery import check_writable, deliver_report
 from tradeday.risk import RiskGate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,14 +87,25 @@ class BarTrend(Model[BarTrendParams]):
         return NO_ORDERS
 
 
-def replay_bars(ledger: Ledger, day: date, model: str, *, flatten: bool = True) -> str:
-    """One session of recorded bars as TradingSession runs it: flushes, flatten, final flush."""
+def replay_bars(
+    ledger: Ledger,
+    day: date,
+    model: str,
+    *,
+    flatten: bool = True,
+    run_id: str | None = None,
+    started_late_ns: int = 0,
+) -> str:
+    """One session of recorded bars as TradingSession runs it: flushes, flatten, final flush.
+
+    ``run_id`` and ``started_late_ns`` make a rerun of the same day and model.
+    """
     window = session_window(day)
     bars = recording.load(
         recording.bundled(day), SYMBOLS, window.open_ns, window.close_ns, kinds=["b"]
     )
     params = BarTrendParams(name=model, quantity=10 if model == "bar_trend" else 7)
-    run_id = f"td-{day:%Y%m%d}-{model}"
+    run_id = run_id or f"td-{day:%Y%m%d}-{model}"
     ledger.start_run(
         run_id=run_id,
         session_date=day.isoformat(),
@@ -98,7 +115,7 @@ def replay_bars(ledger: Ledger, day: date, model: str, *, flatten: bool = True) 
         feed="replay",
         broker="simulated",
         account="simulated",
-        started_ns=window.open_ns,
+        started_ns=window.open_ns + started_late_ns,
         heartbeat_ns=window.open_ns,
         counters={},
     )
@@ -351,23 +368,25 @@ def test_writing_a_session_twice_leaves_one_copy(five_days):
 def test_a_failed_write_leaves_the_previous_state(five_days, monkeypatch):
     path, run_id = five_days["path"], five_days["runs"][0]
     before = snapshot(path)
-    real_insert = report._insert
-    inserted: list[str] = []
+    real_merge = report._merge_table
+    merged: list[str] = []
 
-    def insert_then_fail(con, table, frame):
-        if len(inserted) == 3:  # sessions, orders and fills replaced; then a crash
+    def merge_then_fail(con, table):
+        if len(merged) == 3:  # sessions, orders and fills replaced; then a crash
             raise RuntimeError("disk full")
-        real_insert(con, table, frame)
-        inserted.append(table)
+        real_merge(con, table)
+        merged.append(table)
 
-    monkeypatch.setattr(report, "_insert", insert_then_fail)
+    monkeypatch.setattr(report, "_merge_table", merge_then_fail)
     with pytest.raises(RuntimeError, match="disk full"):
         write_report(five_days["ledger"], run_id, path)
-    assert inserted == ["sessions", "orders", "fills"]
+    assert merged == ["sessions", "orders", "fills"]
     assert snapshot(path) == before
-    monkeypatch.setattr(report, "_insert", real_insert)
+    assert list(report.staged_runs(path)) == [run_id]  # kept for the next write
+    monkeypatch.setattr(report, "_merge_table", real_merge)
     write_report(five_days["ledger"], run_id, path)  # the file is not left locked
     assert snapshot(path) == before
+    assert report.staged_runs(path) == {}
 
 
 KILLED_WRITER = """
@@ -376,14 +395,14 @@ import tradeday.report as report
 from tradeday.ledger import Ledger
 
 ledger_url, run_id, path, marker = sys.argv[1:]
-real_insert = report._insert
+real_merge = report._merge_table
 
-def insert_slowly(con, table, frame):
-    real_insert(con, table, frame)
+def merge_slowly(con, table):
+    real_merge(con, table)
     open(marker, "w").write(table)  # the old rows are deleted and new ones going in
     time.sleep(600)
 
-report._insert = insert_slowly
+report._merge_table = merge_slowly
 report.write_report(Ledger(ledger_url), run_id, path)
 """
 
@@ -415,6 +434,8 @@ def test_a_killed_write_leaves_the_previous_state(five_days):
         writer.wait()
     assert marker.read_text() == "sessions"
     assert snapshot(path) == before
+    write_report(five_days["ledger"], run_id, path)  # the killed writer's staged rows too
+    assert snapshot(path) == before and report.staged_runs(path) == {}
 
 
 def test_a_writer_waits_while_another_process_holds_the_file(five_days, monkeypatch):
@@ -526,7 +547,7 @@ def test_a_v1_file_is_upgraded_when_read(tmp_path: Path):
     con.execute(V1_DDL)
     con.close()
     con = open_report(old)
-    assert con.execute("SELECT value FROM meta").fetchone() == ("2",)
+    assert con.execute("SELECT value FROM meta").fetchone() == (str(REPORT_SCHEMA_VERSION),)
     assert con.execute("SELECT session_id, net FROM daily_summary").fetchall() == [
         ("td-20221230-old", 12.0)
     ]
@@ -642,6 +663,375 @@ def test_the_docs_sharpe_and_drawdown_sql_agree_with_the_report(five_days):
     assert len(recomputed) == len(stored) == 10
     for session_id, drawdown, sharpe in stored:
         assert recomputed[session_id] == (approx(drawdown), pytest.approx(sharpe, rel=1e-9))
+
+
+# -- every run is kept ----------------------------------------------------------------------
+
+
+def ledger_counts(ledger: Ledger, run_id: str) -> tuple[int, int]:
+    """The run's orders and fills in the ledger."""
+    with ledger.engine.connect() as conn:
+        return tuple(
+            conn.execute(select(func.count()).select_from(row).where(row.run_id == run_id)).scalar()
+            for row in (OrderRow, FillRow)
+        )
+
+
+def report_counts(path: Path, run_id: str) -> tuple[int, int]:
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        return tuple(
+            con.execute(f"SELECT count(*) FROM {t} WHERE session_id = ?", [run_id]).fetchone()[0]
+            for t in ("orders", "fills")
+        )
+    finally:
+        con.close()
+
+
+def test_every_run_is_kept_and_daily_summary_reads_the_latest(tmp_path: Path):
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+    first = replay_bars(ledger, DAYS[0], "bar_trend")
+    # a rerun of that day, model and deployment, a minute later, that ends holding positions
+    rerun = replay_bars(
+        ledger, DAYS[0], "bar_trend", flatten=False, run_id="td-rerun", started_late_ns=MINUTE_NS
+    )
+    path = tmp_path / "reports.duckdb"
+    write_report(ledger, first, path)
+    write_report(ledger, rerun, path)
+    before = snapshot(path)
+    write_report(ledger, first, path)  # rewriting a run is idempotent and erases no other
+    assert snapshot(path) == before
+    for run_id in (first, rerun):
+        assert report_counts(path, run_id) == ledger_counts(ledger, run_id) != (0, 0)
+    con = duckdb.connect(str(path), read_only=True)
+    assert con.execute("SELECT session_id, status, latest FROM run_summary").fetchall() == [
+        (first, "completed", False),
+        (rerun, "failed", True),
+    ]
+    assert con.execute("SELECT session_id FROM daily_summary").fetchall() == [(rerun,)]
+    assert con.execute("SELECT session_id FROM latest_sessions").fetchall() == [(rerun,)]
+    rerun_net = con.execute("SELECT net FROM daily_summary").fetchone()[0]
+    con.close()
+    ledger.close()
+    text = summary_markdown_for(path, [DAYS[0]])
+    assert f"| {first} (rerun since) |" in text and f"| {rerun} |" in text
+    # the per-model total counts the day once, at its latest run
+    assert "| bar_trend | 1 | " in text and f"| {report.money(rerun_net)} |" in text
+
+
+def _shell(path: Path, sql: str) -> subprocess.CompletedProcess:
+    """``sql`` through the command the demo and the artifact print (the DuckDB shell)."""
+    return subprocess.run(
+        [*shlex.split(report.shell_command(path)), "-csv", "-noheader", "-c", sql],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_the_duckdb_shell_reads_the_report(five_days):
+    assert report.shell_command(ROOT / "data" / "reports.duckdb", absolute=False) == (
+        ".venv/bin/duckdb -readonly data/reports.duckdb"
+        if Path.cwd() == ROOT
+        else f"{ROOT}/.venv/bin/duckdb -readonly {ROOT}/data/reports.duckdb"
+    )
+    done = _shell(five_days["path"], "SELECT count(*), sum(trades) FROM daily_summary")
+    assert done.returncode == 0, done.stderr
+    con = duckdb.connect(str(five_days["path"]), read_only=True)
+    trades = con.execute("SELECT count(*) FROM fills").fetchone()[0]
+    con.close()
+    assert done.stdout.strip() == f"10,{trades}"
+
+
+def test_daily_summary_shows_no_float_noise(five_days):
+    con = duckdb.connect(str(five_days["path"]), read_only=True)
+    plain = con.execute(
+        "SELECT sum(turnover), sum(realized), sum(net) FROM pnl GROUP BY session_id"
+    ).fetchall()
+    money = ("turnover", "realized", "unrealized", "fees", "net", "max_drawdown")
+    shown = con.execute(f"SELECT {', '.join(money)} FROM daily_summary").fetchall()
+    con.close()
+    assert any(v != round(v, 6) for row in plain for v in row)  # plain sums do show noise
+    assert len(shown) == 10
+    assert all(v == round(v, 6) for row in shown for v in row)
+
+
+# A report written by tradeday's schema-v2 code (commit 6b0ffb2, duckdb 2.0.0, so in
+# storage v2.0.0, which the DuckDB shell refuses): three 20-minute bar sessions of
+# replay_bars (2023-01-03 bar_trend and bar_fade, 2023-01-04 bar_trend), gzipped.
+V2_FILE = ROOT / "tests" / "fixtures" / "report-v2.duckdb.gz"
+V2_RUNS = ["td-20230103-bar_fade", "td-20230103-bar_trend", "td-20230104-bar_trend"]
+
+
+def test_a_v2_file_is_migrated_keeping_its_rows_and_the_shell_reads_it(tmp_path: Path):
+    path = tmp_path / "reports.duckdb"
+    path.write_bytes(gzip.decompress(V2_FILE.read_bytes()))
+    before = snapshot(path)
+    con = duckdb.connect(str(path), read_only=True)
+    assert con.execute("SELECT value FROM meta").fetchall() == [("2",)]
+    assert report.storage_version(con) == "v2.0.0+"
+    con.close()
+    assert _shell(path, "SELECT 1").returncode != 0  # the shell cannot read it yet
+
+    open_report(path).close()
+
+    assert snapshot(path) == before  # every row kept, unchanged
+    con = duckdb.connect(str(path), read_only=True)
+    assert con.execute("SELECT value FROM meta").fetchall() == [(str(REPORT_SCHEMA_VERSION),)]
+    assert report.storage_version(con) == f"{report.SHELL_STORAGE_VERSION}+"
+    con.close()
+    done = _shell(path, "SELECT session_id, turnover, net FROM daily_summary ORDER BY ALL")
+    assert done.returncode == 0, done.stderr
+    # v2's daily_summary showed 79589.80718999999 and -29.711570000000002
+    assert done.stdout.splitlines() == [
+        "td-20230103-bar_fade,57513.21981,43.913747",
+        "td-20230103-bar_trend,79589.80719,-82.95908",
+        "td-20230104-bar_trend,75892.701902,-29.71157",
+    ]
+
+    # a rerun of a migrated day keeps the old run
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+    rerun = replay_bars(ledger, DAYS[0], "bar_trend", run_id="td-rerun", started_late_ns=1)
+    write_report(ledger, rerun, path)
+    ledger.close()
+    con = duckdb.connect(str(path), read_only=True)
+    assert con.execute("SELECT session_id, latest FROM run_summary").fetchall() == [
+        (V2_RUNS[0], True),
+        (V2_RUNS[1], False),
+        (rerun, True),
+        (V2_RUNS[2], True),
+    ]
+    con.close()
+
+
+# -- a report never fails a session ---------------------------------------------------------
+
+SHELL = Path(sys.executable).parent / "duckdb"
+HOLDERS = {
+    # the DuckDB shell, read-only as the docs say: it blocks a writer all the same
+    "shell -readonly": [str(SHELL), "-readonly"],
+    "python read-write": [
+        sys.executable,
+        "-c",
+        "import duckdb, sys; c = duckdb.connect(sys.argv[1]); "
+        "print('holding', flush=True); sys.stdin.readline()",
+    ],
+}
+
+
+@contextmanager
+def held(path: Path, how: str) -> Iterator[subprocess.Popen]:
+    """Another process with ``path`` open, until the block ends."""
+    holder = subprocess.Popen(
+        [*HOLDERS[how], str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        if how.startswith("shell"):
+            holder.stdin.write("SELECT 'hold' || 'ing';\n")
+            holder.stdin.flush()
+        while "holding" not in (line := holder.stdout.readline()):
+            assert line, f"the holder exited: {holder.wait()}"
+        yield holder
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+
+
+def holder_pid(holder: subprocess.Popen) -> int:
+    """The process that holds the file: the holder, or the DuckDB binary that
+    .venv/bin/duckdb (a Python entry point) runs as its child."""
+    children = psutil.Process(holder.pid).children()
+    return children[0].pid if children else holder.pid
+
+
+def wait_for_writer(path: Path, line: str) -> None:
+    """Until the background writer's log has ``line`` (bounded, not timed)."""
+    log = report.pending_dir(path) / "writer.log"
+    deadline = time.monotonic() + 120
+    while line not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline, f"no {line!r} in the writer's log"
+        time.sleep(0.2)
+
+
+def a_report_with(ledger: Ledger, run_id: str, path: Path) -> None:
+    write_report(ledger, run_id, path)
+    assert report.staged_runs(path) == {}
+
+
+@pytest.mark.parametrize("how", list(HOLDERS))
+def test_a_held_report_is_deferred_and_lands_once_free(tmp_path: Path, how: str):
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+    earlier = replay_bars(ledger, DAYS[0], "bar_trend")
+    run_id = replay_bars(ledger, DAYS[1], "bar_trend")
+    path = tmp_path / "reports.duckdb"
+    a_report_with(ledger, earlier, path)
+    with held(path, how) as holder:
+        pid = holder_pid(holder)
+        delivery = deliver_report(ledger.url, run_id, path, wait_s=1.0)
+        assert delivery.status == "deferred"
+        assert f"PID {pid} (" in delivery.detail
+        assert delivery.message().startswith(f"report deferred: {path} is held by PID ")
+        assert list(report.staged_runs(path)) == [run_id]
+        wait_for_writer(path, f"{path} is held by PID {pid}")  # it started and waits
+        assert list(report.staged_runs(path)) == [run_id]
+    wait_for_writer(path, f"wrote {run_id} into {path}")
+    assert report.staged_runs(path) == {}
+    assert report_counts(path, run_id) == ledger_counts(ledger, run_id) != (0, 0)
+    assert report_counts(path, earlier) == ledger_counts(ledger, earlier)
+    ledger.close()
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_session_completes_while_the_shell_holds_its_report(es_twenty_minutes, session_paths):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    from flows.session import trading_session
+    from tradeday.config import parse_session_config
+
+    config = parse_session_config(
+        {
+            "model": {"name": "volume_modulo"},
+            "symbols": ["ES"],
+            "feed": {"recording": str(es_twenty_minutes)},
+            **session_paths,
+        }
+    )
+    path = Path(session_paths["report_path"])
+    report.connect(path, read_only=False).close()  # an empty report the shell can open
+    with held(path, "shell -readonly") as holder:
+        state = trading_session(config=config, session_date=date(2013, 9, 3), return_state=True)
+        assert state.is_completed()
+        result = state.result()
+        assert result["status"] == "completed" and result["final_positions"] == {}
+        held_by = f"is held by PID {holder_pid(holder)} ("
+        assert f"report deferred: {path.resolve()} {held_by}" in state.message
+        assert result["report"] in state.message
+    wait_for_writer(path, f"wrote {result['run_id']} into {path.resolve()}")
+    ledger = Ledger(session_paths["ledger_url"])
+    assert report_counts(path, result["run_id"]) == ledger_counts(ledger, result["run_id"])
+    assert ledger_counts(ledger, result["run_id"]) == (result["orders"], result["fills"])
+    ledger.close()
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])
+            )
+        )
+    (summary,) = [a for a in artifacts if a.key == "session-summary"]
+    assert f"| Report | {result['report']} |" in summary.data
+    assert f"```\n{report.shell_command(path, absolute=True)}\n```" in summary.data
+    assert f"```\n{path.resolve()}\n```" in summary.data and "file://" not in summary.data
+
+
+@contextmanager
+def unwritable(folder: Path) -> Iterator[None]:
+    """``folder`` made unwritable for real: chattr +i as root (who ignores modes), else chmod."""
+    if os.geteuid() == 0:
+        if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode:
+            pytest.skip(f"chattr +i is not supported on {folder}'s filesystem")
+        try:
+            yield
+        finally:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+    else:
+        folder.chmod(0o555)
+        try:
+            yield
+        finally:
+            folder.chmod(0o755)
+
+
+def test_an_unwritable_report_directory_is_named_and_the_ledger_kept(tmp_path: Path):
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+    run_id = replay_bars(ledger, DAYS[0], "bar_trend")
+    kept = ledger_counts(ledger, run_id)
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    path = folder / "reports.duckdb"
+    with unwritable(folder):
+        with pytest.raises(report.ReportError) as refused:
+            check_writable(path)
+        delivery = deliver_report(ledger.url, run_id, path)
+    for text in (str(refused.value), delivery.detail):
+        assert text.startswith(f"report_path {path}: {folder} is not writable (PermissionError")
+        assert "choose a writable report_path or fix the directory's permissions" in text
+    assert delivery.status == "failed"
+    assert ledger_counts(ledger, run_id) == kept
+    assert list(folder.iterdir()) == []
+    ledger.close()
+
+
+def test_a_run_the_ledger_cannot_give_is_a_failed_delivery_naming_it(tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    Ledger(url).close()
+    delivery = deliver_report(url, "td-missing", tmp_path / "reports.duckdb")
+    assert delivery.status == "failed"
+    assert delivery.detail.startswith("run td-missing could not be read from the ledger (KeyError")
+    assert not (tmp_path / "reports.duckdb").exists()
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_session_with_an_unwritable_report_path_is_refused_before_trading(
+    es_twenty_minutes, session_paths, tmp_path: Path
+):
+    from flows.session import trading_session
+    from tradeday.config import parse_session_config
+
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    path = folder / "reports.duckdb"
+    config = parse_session_config(
+        {
+            "model": {"name": "volume_modulo"},
+            "symbols": ["ES"],
+            "feed": {"recording": str(es_twenty_minutes)},
+            **{**session_paths, "report_path": str(path)},
+        }
+    )
+    with unwritable(folder), pytest.raises(report.ReportError) as refused:
+        trading_session(config=config, session_date=date(2013, 9, 3))
+    assert str(refused.value).startswith(f"report_path {path}: {folder} is not writable")
+    ledger = Ledger(session_paths["ledger_url"])
+    assert ledger.runs("2013-09-03") == []  # nothing traded
+    ledger.close()
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs: smaller than any DuckDB file. Needs root (mount); skips without."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if (
+        os.geteuid() != 0
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True
+        ).returncode
+    ):
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_full_disk_is_named_and_the_ledger_kept(tmp_path: Path, full_disk: Path):
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+    run_id = replay_bars(ledger, DAYS[0], "bar_trend")
+    kept = ledger_counts(ledger, run_id)
+    path = full_disk / "reports.duckdb"
+    check_writable(path)  # an empty file still fits
+    delivery = deliver_report(ledger.url, run_id, path)
+    assert delivery.status == "failed"
+    assert delivery.detail.startswith(f"report_path {path}: the disk holding {full_disk} is full")
+    assert "free some space there, then write the report from the ledger" in delivery.detail
+    assert ledger_counts(ledger, run_id) == kept
+    assert list(report.pending_dir(path).iterdir()) == []  # no partial file left behind
+    ledger.close()
 
 
 # -- write time -----------------------------------------------------------------------------

@@ -77,16 +77,23 @@ def test_session_orders_match_independent_count(open_fixture, session_paths):
     con.close()
 
 
-def test_same_day_again_replaces_rows(open_fixture, session_paths):
+def test_same_day_again_keeps_both_runs_and_daily_summary_reads_the_latest(
+    open_fixture, session_paths
+):
     config = _config(open_fixture, session_paths)
     first = trading_session(config=config, session_date=DAY)
     second = trading_session(config=config, session_date=DAY)
     con = duckdb.connect(session_paths["report_path"], read_only=True)
-    assert con.execute("SELECT session_id FROM sessions").fetchall() == [(second["run_id"],)]
-    assert con.execute("SELECT count(DISTINCT session_id), count(*) FROM orders").fetchone() == (
-        1,
-        second["orders"],
+    assert con.execute("SELECT session_id FROM sessions ORDER BY started_at").fetchall() == [
+        (first["run_id"],),
+        (second["run_id"],),
+    ]
+    assert con.execute(
+        "SELECT session_id, count(*) FROM orders GROUP BY ALL ORDER BY ALL"
+    ).fetchall() == sorted(
+        [(first["run_id"], first["orders"]), (second["run_id"], second["orders"])]
     )
+    assert con.execute("SELECT session_id FROM daily_summary").fetchall() == [(second["run_id"],)]
     assert first["orders"] == second["orders"]
     con.close()
 

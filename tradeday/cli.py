@@ -76,6 +76,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 0 if state.is_completed() else 1
     flat = "flat" if not result["final_positions"] else result["final_positions"]
     position = 0 if not result["final_positions"] else sum(result["final_positions"].values())
+    from tradeday.report import shell_command
+
     report = result["report_path"]
     print(
         f"""
@@ -90,9 +92,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
   realized P&L    {result["realized"]:,.2f}
   net P&L         {result["net"]:,.2f}
   report          {report}
+                  ({result["report"]})
 
-Try:
-  .venv/bin/python -c "import duckdb; print(duckdb.connect('{report}', read_only=True).sql('SELECT session_date, model, symbol, trades, realized, fees, net FROM pnl ORDER BY session_date'))"
+Query it in the DuckDB shell, read-only (.quit when done: while it is open, sessions defer
+their reports):
+  {shell_command(report)}
 """
     )
     return 0 if result["status"] == "completed" and position == 0 else 1

@@ -1,22 +1,29 @@
 """The end-of-day report: a DuckDB file users query with SQL.
 
-Built from the ledger (read through SQLAlchemy) and written in one DuckDB transaction
-that migrates the file if it is older, deletes the session's previous rows and inserts
-the new ones: re-running a day's report replaces it, and a write that fails or is killed
-midway leaves the previous state. The file is opened only while writing or reading,
-because DuckDB allows one writer process at a time (or many readers), so users query it
-between sessions. Schema, definitions and ready-to-run SQL: docs/reports.md.
+Built from the ledger (read through SQLAlchemy). A run's rows are first staged in their
+own small DuckDB file next to the report, then merged into it in one transaction that
+migrates the file if it is older and replaces that run's earlier rows: every run is kept,
+rewriting one is idempotent, and a write that fails or is killed midway leaves the
+previous state. DuckDB allows one writer process or many readers, so the merge waits a
+while for a reader to let go; if the file stays held, the staged rows wait for the next
+writer (``tradeday.report_delivery`` starts one in the background). Schema, definitions
+and ready-to-run SQL: docs/reports.md.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import re
+import shlex
+import sysconfig
 from collections.abc import Iterable
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from time import monotonic, sleep
+from time import monotonic, sleep, time_ns
 
 import duckdb
 import numpy as np
@@ -28,13 +35,16 @@ from tradeday.events import MINUTE_NS
 from tradeday.ledger import FillRow, Ledger, MarkRow, OrderRow, PositionRow, RiskEventRow, RunRow
 
 MONEY_DECIMALS = 6
-REPORT_SCHEMA_VERSION = 2
+REPORT_SCHEMA_VERSION = 3
+# The newest DuckDB shell on PyPI (duckdb-cli 1.5.6, installed as .venv/bin/duckdb) reads
+# storage up to v1.5.0; the duckdb 2.0 library writes v2.0.0 unless told otherwise.
+SHELL_STORAGE_VERSION = "v1.5.0"
 # Sharpe of 1-minute P&L changes, annualised over 252 sessions of 390 minutes.
 ANNUALIZATION = math.sqrt(252 * 390)
 LOCK_WAIT_S = 60.0  # how long to wait for another process to release the file
 LOCK_RETRY_S = 0.2
 
-# Version 2 of the schema. New columns go at the end of a table, so a migrated file and
+# The tables of schema version 3 (the same as version 2's). New columns go at the end of a table, so a migrated file and
 # a new one have the same columns in the same order.
 DDL = """
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
@@ -82,10 +92,12 @@ ALTER TABLE sessions ADD COLUMN sharpe DOUBLE;
 ALTER TABLE pnl ADD COLUMN wins BIGINT;
 ALTER TABLE pnl ADD COLUMN closes BIGINT;
 """,
+    # 3 keeps every run (no rerun replaces another) and changes only the views
 }
 
-# Recreated by every write, so a changed view reaches a file with its next write.
-VIEWS = """
+# Recreated by every write, so a changed view reaches a file with its next write. Sums of
+# money are rounded to MONEY_DECIMALS like the stored rows, so no float noise shows.
+VIEWS = f"""
 CREATE OR REPLACE VIEW session_equity AS
 SELECT session_id, session_date, model, minute,
        sum(position * mark) AS market_value, sum(realized) AS realized,
@@ -93,17 +105,33 @@ SELECT session_id, session_date, model, minute,
 FROM equity
 GROUP BY session_id, session_date, model, minute;
 
+CREATE OR REPLACE VIEW run_summary AS
+WITH runs AS (
+    SELECT s.session_date, s.model, s.deployment, s.session_id, s.status, s.symbols,
+           s.ticks, s.orders, s.fills, s.risk_rejections,
+           coalesce(sum(p.trades), 0)::BIGINT AS trades,
+           round(coalesce(sum(p.turnover), 0), {MONEY_DECIMALS}) AS turnover,
+           round(coalesce(sum(p.realized), 0), {MONEY_DECIMALS}) AS realized,
+           round(coalesce(sum(p.unrealized), 0), {MONEY_DECIMALS}) AS unrealized,
+           round(coalesce(sum(p.fees), 0), {MONEY_DECIMALS}) AS fees,
+           round(coalesce(sum(p.net), 0), {MONEY_DECIMALS}) AS net,
+           sum(p.wins) / nullif(sum(p.closes), 0) AS win_rate,
+           round(s.max_drawdown, {MONEY_DECIMALS}) AS max_drawdown, s.sharpe, s.started_at
+    FROM sessions s LEFT JOIN pnl p USING (session_id)
+    GROUP BY ALL)
+SELECT *,
+       row_number() OVER (PARTITION BY session_date, model, deployment
+                          ORDER BY started_at DESC, session_id DESC) = 1 AS latest
+FROM runs
+ORDER BY session_date, model, deployment, started_at, session_id;
+
+CREATE OR REPLACE VIEW latest_sessions AS
+SELECT * FROM sessions
+WHERE session_id IN (SELECT session_id FROM run_summary WHERE latest);
+
 CREATE OR REPLACE VIEW daily_summary AS
-SELECT s.session_date, s.model, s.deployment, s.session_id, s.status, s.symbols,
-       s.ticks, s.orders, s.fills, s.risk_rejections,
-       coalesce(sum(p.trades), 0)::BIGINT AS trades, coalesce(sum(p.turnover), 0) AS turnover,
-       coalesce(sum(p.realized), 0) AS realized, coalesce(sum(p.unrealized), 0) AS unrealized,
-       coalesce(sum(p.fees), 0) AS fees, coalesce(sum(p.net), 0) AS net,
-       sum(p.wins) / nullif(sum(p.closes), 0) AS win_rate,
-       s.max_drawdown, s.sharpe
-FROM sessions s LEFT JOIN pnl p USING (session_id)
-GROUP BY ALL
-ORDER BY s.session_date, s.model, s.deployment;
+SELECT * EXCLUDE (started_at, latest) FROM run_summary WHERE latest
+ORDER BY session_date, model, deployment;
 """
 
 # Every table holding a session's rows, in the order they are written.
@@ -425,26 +453,90 @@ def _pnl_equity_positions(
 # -- the DuckDB file ------------------------------------------------------------------------
 
 
-def connect(path: str | Path, *, read_only: bool) -> duckdb.DuckDBPyConnection:
-    """Open the report, waiting up to ``LOCK_WAIT_S`` while another process holds it.
+class ReportLocked(ReportError):
+    """Another process holds the report file; ``holder`` is DuckDB's word for who."""
+
+    def __init__(self, path: Path, holder: str):
+        super().__init__(f"{path} is held by {holder}")
+        self.path = path
+        self.holder = holder
+
+
+def lock_holder(exc: duckdb.Error) -> str | None:
+    """Who holds the file, from DuckDB's lock error ("PID 8307 (/usr/bin/duckdb)"); None if
+    the error is not about the lock."""
+    text = str(exc)
+    if "Could not set lock on file" not in text:
+        return None
+    found = re.search(r"Conflicting lock is held in (.+?) \(PID (\d+)\)", text)
+    return f"PID {found[2]} ({found[1]})" if found else "another process"
+
+
+def connect(
+    path: str | Path, *, read_only: bool, wait_s: float = LOCK_WAIT_S
+) -> duckdb.DuckDBPyConnection:
+    """Open the report, waiting up to ``wait_s`` while another process holds it.
 
     DuckDB lets one process open a file for writing, or any number for reading, never
-    both: sessions finishing together and a user's query take turns.
+    both. A file tradeday creates is in ``SHELL_STORAGE_VERSION``, which the DuckDB shell
+    reads; an existing file keeps its storage version (``shell_readable`` upgrades it).
     """
-    deadline = monotonic() + LOCK_WAIT_S
+    config = {} if read_only else {"storage_compatibility_version": SHELL_STORAGE_VERSION}
+    deadline = monotonic() + wait_s
     while True:
         try:
-            return duckdb.connect(str(path), read_only=read_only)
+            return duckdb.connect(str(path), read_only=read_only, config=config)
         except duckdb.IOException as exc:
-            if "lock" not in str(exc).lower() or monotonic() >= deadline:
+            holder = lock_holder(exc)
+            if holder is None:
                 raise
+            if monotonic() >= deadline:
+                raise ReportLocked(Path(path), holder) from exc
             sleep(LOCK_RETRY_S)
+
+
+def storage_version(con: duckdb.DuckDBPyConnection) -> str:
+    """The file's storage format, as DuckDB tags it ("v1.5.0+", "v2.0.0+")."""
+    row = con.execute(
+        "SELECT tags['storage_version'] FROM duckdb_databases() "
+        "WHERE database_name = current_database()"
+    ).fetchone()
+    return row[0] if row and row[0] else ""
+
+
+def shell_readable(con: duckdb.DuckDBPyConnection, path: Path) -> duckdb.DuckDBPyConnection:
+    """The writer's connection to a file the DuckDB shell can read, rewriting it if needed.
+
+    Files written by tradeday before schema v3 are in the duckdb 2.0 library's storage,
+    which the shell refuses: the whole database is copied into a new file in
+    ``SHELL_STORAGE_VERSION`` while this connection still holds the old one, and the copy
+    replaces it (rename). Returns the connection to use from then on.
+    """
+    if storage_version(con).removesuffix("+") == SHELL_STORAGE_VERSION:
+        return con
+    fresh = path.with_name(f".{path.name}.v{SHELL_STORAGE_VERSION}.tmp")
+    fresh.unlink(missing_ok=True)
+    con.execute(f"ATTACH '{_quoted(fresh)}' AS fresh (STORAGE_VERSION '{SHELL_STORAGE_VERSION}')")
+    con.execute("COPY FROM DATABASE " + _current(con) + " TO fresh")
+    con.execute("DETACH fresh")
+    os.replace(fresh, path)
+    con.close()
+    return connect(path, read_only=False)
+
+
+def _quoted(path: Path) -> str:
+    return str(path).replace("'", "''")
+
+
+def _current(con: duckdb.DuckDBPyConnection) -> str:
+    return '"' + con.execute("SELECT current_database()").fetchone()[0].replace('"', '""') + '"'
 
 
 def schema_version(con: duckdb.DuckDBPyConnection) -> int | None:
     """The file's schema version; None for a file with no report in it yet."""
     has_meta = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'meta'"
+        "SELECT count(*) FROM information_schema.tables "
+        "WHERE table_name = 'meta' AND table_catalog = current_database()"
     ).fetchone()
     if not has_meta or not has_meta[0]:
         return None
@@ -462,7 +554,8 @@ def migrate(con: duckdb.DuckDBPyConnection) -> None:
         )
     if version is not None:
         for step in range(version + 1, REPORT_SCHEMA_VERSION + 1):
-            con.execute(MIGRATIONS[step])
+            if MIGRATIONS.get(step):
+                con.execute(MIGRATIONS[step])
     con.execute(DDL)
     con.execute(VIEWS)
     con.execute(
@@ -478,61 +571,145 @@ def _insert(con: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame) -> 
         con.unregister("frame")
 
 
-def write_report(ledger: Ledger, run_id: str, path: str | Path) -> Path:
-    """Write (or replace) one session's rows in the DuckDB report, in one transaction.
+# -- staged runs: a run's rows in their own file until the report takes them ----------------
 
-    A session replaces its own earlier rows and those of an earlier session with the same
-    date, model and deployment (a re-run of that day).
+
+def pending_dir(path: str | Path) -> Path:
+    """Where a report's staged runs wait: ``<report>.pending/`` next to it."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.pending")
+
+
+def staged_runs(path: str | Path) -> dict[str, list[Path]]:
+    """Staged files per run id, oldest first (the newest holds the run's latest rows)."""
+    runs: dict[str, list[tuple[int, Path]]] = {}
+    for file in pending_dir(path).glob("*.duckdb"):
+        run_id, _, stamp = file.stem.rpartition(".")
+        if run_id and stamp.isdigit():
+            runs.setdefault(run_id, []).append((int(stamp), file))
+    return {run_id: [f for _, f in sorted(files)] for run_id, files in sorted(runs.items())}
+
+
+def stage_run(ledger: Ledger, run_id: str, path: str | Path) -> Path:
+    """Compute a run's rows from the ledger into their own DuckDB file next to the report.
+
+    The file appears whole or not at all (written under a temporary name, fsynced, then
+    renamed), and no reader ever opens it: staging never waits for the report's lock.
     """
     frames = build_frames(ledger, run_id)
-    run = frames["sessions"].iloc[0]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    con = connect(path, read_only=False)
+    folder = pending_dir(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    staged = folder / f"{run_id}.{time_ns()}.duckdb"
+    tmp = staged.with_suffix(".tmp")
+    try:
+        con = duckdb.connect(str(tmp))
+        try:
+            con.execute(DDL)
+            for table in TABLES:
+                _insert(con, table, frames[table])
+        finally:
+            con.close()
+        _fsync(tmp)
+        os.replace(tmp, staged)
+        _fsync(folder)
+    finally:
+        tmp.unlink(missing_ok=True)
+        tmp.with_name(tmp.name + ".wal").unlink(missing_ok=True)
+    return staged
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _merge_table(con: duckdb.DuckDBPyConnection, table: str) -> None:
+    con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM staged.{table}")
+
+
+def _merge(con: duckdb.DuckDBPyConnection, staged: Path) -> None:
+    """One staged run into the report in one transaction: its earlier rows out, these in."""
+    con.execute(f"ATTACH '{_quoted(staged)}' AS staged (READ_ONLY)")
     try:
         con.execute("BEGIN TRANSACTION")
         try:
             migrate(con)
-            old = [
-                r[0]
-                for r in con.execute(
-                    "SELECT session_id FROM sessions WHERE (session_date = ? AND model = ? "
-                    "AND deployment = ?) OR session_id = ?",
-                    [run["session_date"], run["model"], run["deployment"], run["session_id"]],
-                ).fetchall()
-            ]
-            if old:
-                for table in TABLES:
-                    con.execute(
-                        f"DELETE FROM {table} WHERE session_id IN (SELECT unnest(?))", [old]
-                    )
+            ids = [r[0] for r in con.execute("SELECT session_id FROM staged.sessions").fetchall()]
             for table in TABLES:
-                _insert(con, table, frames[table])
+                con.execute(f"DELETE FROM {table} WHERE session_id IN (SELECT unnest(?))", [ids])
+            for table in TABLES:
+                _merge_table(con, table)
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
             raise
     finally:
+        con.execute("DETACH staged")
+
+
+def merge_pending(path: str | Path, wait_s: float = LOCK_WAIT_S) -> list[str]:
+    """Move every staged run into the report; the run ids written.
+
+    Raises :class:`ReportLocked` when another process still holds the file after
+    ``wait_s``: the staged files stay for the next writer. Staged files are listed only
+    once the report's write lock is held, so two writers never merge the same one, and
+    each is deleted only after its transaction committed.
+    """
+    path = Path(path)
+    if not staged_runs(path):
+        return []
+    con = connect(path, read_only=False, wait_s=wait_s)
+    try:
+        con = shell_readable(con, path)
+        written = []
+        for run_id, files in staged_runs(path).items():
+            _merge(con, files[-1])
+            for file in files:
+                file.unlink()
+            written.append(run_id)
+    finally:
         con.close()
+    return written
+
+
+def write_report(
+    ledger: Ledger, run_id: str, path: str | Path, wait_s: float = LOCK_WAIT_S
+) -> Path:
+    """Write (or rewrite) one run's rows in the DuckDB report; every other run is kept.
+
+    The rows are staged first, then merged with any other staged run. If another
+    process holds the file for longer than ``wait_s`` this raises :class:`ReportLocked`
+    and the rows stay staged: the next write, or ``tradeday.report_delivery``'s
+    background writer, puts them in.
+    """
+    path = Path(path)
+    stage_run(ledger, run_id, path)
+    merge_pending(path, wait_s)
     return path
 
 
-def open_report(path: str | Path) -> duckdb.DuckDBPyConnection:
-    """A read-only connection to a report, migrated first if an older tradeday wrote it."""
+def open_report(path: str | Path, wait_s: float = LOCK_WAIT_S) -> duckdb.DuckDBPyConnection:
+    """A read-only connection to a report, with staged runs merged in first when the file is
+    free, and migrated first if an older tradeday wrote it."""
     path = Path(path)
     if not path.exists():
         raise ReportError(f"no report at {path}: run a session first")
-    con = connect(path, read_only=True)
+    with suppress(ReportLocked):  # a reader or writer has it: the rows land with the next write
+        merge_pending(path, wait_s=0)
+    con = connect(path, read_only=True, wait_s=wait_s)
     if schema_version(con) != REPORT_SCHEMA_VERSION:
         con.close()
-        con = connect(path, read_only=False)
+        con = shell_readable(connect(path, read_only=False, wait_s=wait_s), path)
         try:
             con.execute("BEGIN TRANSACTION")
             migrate(con)
             con.execute("COMMIT")
         finally:
             con.close()
-        con = connect(path, read_only=True)
+        con = connect(path, read_only=True, wait_s=wait_s)
     return con
 
 
@@ -544,7 +721,11 @@ def session_summary(
     dates: Iterable[date | str] | None = None,
     last: int | None = None,
 ) -> pd.DataFrame:
-    """``daily_summary`` rows for the given dates, or for the last ``last`` session dates."""
+    """Every run on the given dates, or on the last ``last`` session dates (``run_summary``).
+
+    Its ``latest`` column marks the latest run of each date, model and deployment: what
+    ``daily_summary`` keeps and what :func:`model_totals` adds up.
+    """
     if dates is not None:
         wanted = sorted({date.fromisoformat(str(d)) for d in dates})
     else:
@@ -556,14 +737,15 @@ def session_summary(
             ).fetchall()
         ]
     return con.execute(
-        "SELECT * FROM daily_summary WHERE session_date IN (SELECT unnest(?::DATE[]))",
+        "SELECT * FROM run_summary WHERE session_date IN (SELECT unnest(?::DATE[]))",
         [wanted],
     ).df()
 
 
 def model_totals(summary: pd.DataFrame) -> pd.DataFrame:
-    """Net P&L per model over the summary's sessions: the per-model comparison."""
-    grouped = summary.groupby("model", sort=True)
+    """Net P&L per model over the latest run of each date and deployment: the per-model
+    comparison (a rerun of a day counts once, as ``daily_summary`` does)."""
+    grouped = summary[summary["latest"]].groupby("model", sort=True)
     return pd.DataFrame(
         {
             "sessions": grouped.size(),
@@ -577,6 +759,24 @@ def model_totals(summary: pd.DataFrame) -> pd.DataFrame:
     ).reset_index()
 
 
+def shell_command(report_path: str | Path, *, absolute: bool = False) -> str:
+    """The command that opens the report read-only in the DuckDB shell of this environment.
+
+    Paths are relative to the working directory when they are under it (what a user types
+    in the repository), absolute otherwise or when ``absolute`` (an artifact has no
+    working directory).
+    """
+    shell = Path(sysconfig.get_path("scripts")) / "duckdb"
+    return f"{_shown(shell, absolute)} -readonly {_shown(Path(report_path), absolute)}"
+
+
+def _shown(path: Path, absolute: bool) -> str:
+    full = path.resolve()
+    if absolute or not full.is_relative_to(Path.cwd()):
+        return shlex.quote(str(full))
+    return shlex.quote(str(full.relative_to(Path.cwd())))
+
+
 def money(value: float | None) -> str:
     """To the cent with thousands separators; blank for NULL."""
     return "" if value is None or pd.isna(value) else f"{value:,.2f}"
@@ -586,13 +786,16 @@ def _ratio(value: float | None) -> str:
     return "" if value is None or pd.isna(value) else f"{value:.2f}"
 
 
-def summary_markdown_for(report_path: str | Path, dates: Iterable[date | str]) -> str:
-    """Markdown tables of the sessions on ``dates`` and their net P&L per model.
+def summary_markdown_for(
+    report_path: str | Path, dates: Iterable[date | str], wait_s: float = LOCK_WAIT_S
+) -> str:
+    """Markdown tables of every run on ``dates`` and the net P&L per model.
 
     What the session's Prefect artifact shows, and what an end-of-day report flow can
-    publish for any set of days.
+    publish for any set of days. Raises :class:`ReportLocked` if another process holds
+    the file for longer than ``wait_s``.
     """
-    con = open_report(report_path)
+    con = open_report(report_path, wait_s)
     try:
         summary = session_summary(con, dates=dates)
     finally:
@@ -600,18 +803,19 @@ def summary_markdown_for(report_path: str | Path, dates: Iterable[date | str]) -
     if summary.empty:
         return "_No sessions in the report for these dates._\n"
     lines = [
-        "| Date | Model | Deployment | Status | Trades | Fees | Net P&L | Max drawdown | Sharpe |",
-        "|---|---|---|---|--:|--:|--:|--:|--:|",
+        "| Date | Model | Deployment | Status | Trades | Fees | Net P&L | Max drawdown | Sharpe "
+        "| Run |",
+        "|---|---|---|---|--:|--:|--:|--:|--:|---|",
     ]
     for r in summary.itertuples():
         lines.append(
             f"| {r.session_date:%Y-%m-%d} | {r.model} | {r.deployment or '-'} | {r.status} "
             f"| {r.trades:,} | {money(r.fees)} | {money(r.net)} | {money(r.max_drawdown)} "
-            f"| {_ratio(r.sharpe)} |"
+            f"| {_ratio(r.sharpe)} | {r.session_id}{'' if r.latest else ' (rerun since)'} |"
         )
     lines += [
         "",
-        "**Net P&L per model**",
+        "**Net P&L per model** (the latest run of each date and deployment)",
         "",
         "| Model | Sessions | Trades | Fees | Net P&L | Mean per session | Winning |",
         "|---|--:|--:|--:|--:|--:|--:|",
