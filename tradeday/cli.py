@@ -214,6 +214,11 @@ def demo(
     if session.feed.recording is None and day not in recording.bundled_days():
         days = ", ".join(d.isoformat() for d in recording.bundled_days())
         sys.exit(f"tradeday: --date {day} has no bundled recording; recorded days: {days}")
+    if session.feed.recording is not None and day not in recording.days(session.feed.recording):
+        days = ", ".join(d.isoformat() for d in recording.days(session.feed.recording))
+        sys.exit(
+            f"tradeday: --date {day} is not in {session.feed.recording} (it holds {days or 'nothing'})"
+        )
     from flows.session import trading_session
     from tasks.ui import watch_progress
 
@@ -454,6 +459,66 @@ def record(
     for what, n in counts.items():
         print(f"{what}: {n:,}")
     print(f"wrote {path}")
+
+
+class Label(StrEnum):
+    start = "start"
+    end = "end"
+
+
+@app.command()
+def convert(
+    csv: Annotated[
+        Path, typer.Argument(help="CSV of trades or bars.", exists=True, dir_okay=False)
+    ],
+    out: Annotated[Path, typer.Option(help="Parquet recording to write.")],
+    symbol: Annotated[
+        str | None,
+        typer.Option(
+            help="Symbol for every row; default the CSV's symbol column.", show_default=False
+        ),
+    ] = None,
+    tz: Annotated[
+        str | None,
+        typer.Option(
+            help="Whose wall clock times without a UTC offset are, e.g. America/New_York; "
+            "required for such times.",
+            show_default=False,
+        ),
+    ] = None,
+    label: Annotated[
+        Label, typer.Option(help="Bars only: is a bar stamped at its start or its end?")
+    ] = Label.start,
+    interval: Annotated[
+        str, typer.Option(help="Bars only: the bar length, subtracted when --label end.")
+    ] = "1min",
+    unit: Annotated[
+        str, typer.Option(help="Integer times only: epoch unit, one of s, ms, us, ns.")
+    ] = "ns",
+) -> None:
+    """Convert a CSV of trades or bars into a recording that demo, run and backtests replay.
+
+    Trades need a time column (ts, time, timestamp or datetime), price and size; bars the
+    time column and open, high, low, close, volume (or o, h, l, c, v). docs/data.md.
+    """
+    from tradeday import recording
+
+    try:
+        if recording.csv_kind(csv) == "trades":
+            table = recording.from_csv(csv, symbol=symbol, tz=tz, unit=unit)
+        else:
+            table = recording.from_bars_csv(
+                csv, symbol=symbol, tz=tz, label=label.value, interval=interval, unit=unit
+            )
+        path = recording.write(table, out)
+    except ValueError as exc:
+        sys.exit(f"tradeday convert: {exc}")
+    kinds = {"t": "trades", "b": "bars"}
+    counts = table.group_by("kind").aggregate([("ts", "count")]).to_pylist()
+    what = ", ".join(f"{row['ts_count']:,} {kinds[row['kind']]}" for row in counts)
+    days = ", ".join(d.isoformat() for d in recording.days(path))
+    symbols = ",".join(sorted(set(table["symbol"].to_pylist())))
+    print(f"wrote {path}: {what} of {symbols} on {days} (New York dates)")
 
 
 @app.command()
