@@ -93,6 +93,9 @@ def test_custom_run_with_another_model_from_the_ui(
             expect(page.get_by_text("Parameters", exact=True)).to_be_visible()
             expect(page.locator('[data-slot="skeleton"]')).to_have_count(0)
 
+            # the default model's lot size (gt=0) is a number input the form bounds at 1
+            quantity = page.get_by_role("spinbutton", name="Quantity (Optional)", exact=True)
+            expect(quantity).to_have_attribute("min", "1")
             if len(titles) > 1:  # every registered model is a tab of the model field
                 for title in titles:
                     expect(page.get_by_role("tab", name=title, exact=True)).to_have_count(1)
@@ -151,3 +154,4 @@ def test_custom_run_with_another_model_from_the_ui(
         assert all(p.qty == 0 for p in ledger.positions(session.run_id))
     finally:
         ledger.close()
+
