@@ -102,3 +102,14 @@ def test_a_bad_date_names_the_option(capsys):
 def test_report_refuses_date_and_last_together(capsys):
     assert main(["report", "--date", "2023-01-05", "--last", "3"]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+def test_params_and_config_that_are_not_json_are_named(tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--params", "{quantity: 3}"])
+    assert "--params is not JSON" in str(exc.value)
+    bad = tmp_path / "session.json"
+    bad.write_text("{oops")
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--config", str(bad)])
+    assert f"--config {bad} is not JSON" in str(exc.value)

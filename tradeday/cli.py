@@ -1,7 +1,7 @@
 """Run trading sessions, list models and market days, replay and record data, serve deployments.
 
 Every command and option says what it does and its default (``tradeday COMMAND --help``).
-Heavy imports (Prefect, the engine) happen inside the commands, so help is instant.
+Heavy imports (Prefect, the engine) happen inside the commands, so help does not wait for them.
 """
 
 from __future__ import annotations
@@ -41,15 +41,6 @@ class DataFeed(StrEnum):
 
 
 # Options shared by `demo` and `run`: one definition, one help text.
-DateOpt = Annotated[
-    datetime | None,
-    typer.Option(
-        formats=DAY,
-        metavar="YYYY-MM-DD",
-        help="Session date YYYY-MM-DD (America/New_York).",
-        show_default=False,
-    ),
-]
 ModelOpt = Annotated[
     str | None,
     typer.Option(
@@ -139,7 +130,10 @@ def _session_config(
 ):
     from tradeday.config import ConfigError, parse_session_config
 
-    raw: dict = json.loads(config.read_text()) if config else {}
+    try:
+        raw: dict = json.loads(config.read_text()) if config else {}
+    except json.JSONDecodeError as exc:
+        sys.exit(f"tradeday: --config {config} is not JSON: {exc}")
     if model:
         chosen = raw.get("model") or {}
         if chosen.get("name") != model:
