@@ -1,6 +1,6 @@
 # Two commands set everything up on a fresh clone with only python3, git and make:
 #   make demo   a full offline session (replay server, simulated broker, local files)
-#   make test   lint and the whole test suite (what .ci/run runs)
+#   make test   lint, format check and the whole test suite (what .ci/run runs)
 #   make sql    the DuckDB report in the DuckDB shell, read-only (docs/reports.md)
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -28,6 +28,7 @@ sql: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 test: $(STAMP) lint chromium
 	$(PY) -m pytest -q

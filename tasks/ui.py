@@ -8,6 +8,8 @@ progress moved by :data:`PROGRESS_STEP` (at most ~20 API calls a session).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from uuid import UUID
 
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -17,6 +19,18 @@ from prefect.runtime import flow_run
 from tradeday.config import SessionConfig
 
 PROGRESS_STEP = 0.05
+_watchers: list[Callable[[float], None]] = []
+
+
+@contextmanager
+def watch_progress(callback: Callable[[float], None]) -> Iterator[None]:
+    """Also send every session progress update in this process to ``callback`` (the CLI's
+    terminal bar), not only the throttled artifact."""
+    _watchers.append(callback)
+    try:
+        yield
+    finally:
+        _watchers.remove(callback)
 
 
 def session_tags(config: SessionConfig) -> list[str]:
@@ -50,11 +64,15 @@ class SessionProgress:
 
     def __call__(self, fraction: float) -> None:
         fraction = min(fraction, 1.0)
+        for watcher in _watchers:
+            watcher(fraction)
         if fraction - self.reported >= PROGRESS_STEP or (fraction == 1.0 and self.reported < 1.0):
             self._update(fraction)
 
     def done(self) -> None:
         """The session ended normally (the recording may end before the close): 100 %."""
+        for watcher in _watchers:
+            watcher(1.0)
         self._update(1.0)
 
     def _update(self, fraction: float) -> None:

@@ -112,14 +112,18 @@ def test_holiday_run_completes_with_market_closed(served: PrefectServer):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("model", "field"),
+    ("model", "field", "reason"),
     [
-        ({"name": "nope"}, "config.model"),
-        ({"name": "volume_modulo", "quantity": -5}, "config.model"),
+        ({"name": "nope"}, "config.model.name", "'nope' is not one of ['volume_modulo', "),
+        (
+            {"name": "volume_modulo", "quantity": -5},
+            "config.model.quantity",
+            "-5 is less than the minimum of 1",
+        ),
     ],
 )
 def test_invalid_parameters_are_refused_before_a_run_exists(
-    served: PrefectServer, session_paths, tmp_path: Path, model, field
+    served: PrefectServer, session_paths, tmp_path: Path, model, field, reason
 ):
     params = {"config": {"model": model, **session_paths}, "session_date": "2013-09-03"}
     with served.api() as api:
@@ -129,7 +133,7 @@ def test_invalid_parameters_are_refused_before_a_run_exists(
         refused = api.post(f"/deployments/{dep['id']}/create_flow_run", json={"parameters": params})
         after = api.post("/flow_runs/count", json=count).json()
     assert refused.status_code == 409, refused.text
-    assert f"field '{field}'" in refused.json()["detail"]
+    assert f"field '{field}'. Failure reason: {reason}" in refused.json()["detail"]
     assert after == before  # no run was created, so nothing can have traded
     assert not (tmp_path / "ledger.sqlite").exists()
 

@@ -33,9 +33,10 @@ def test_schema_columns_and_types() -> None:
 
 
 def test_write_sorts_stably_and_load_filters(tmp_path: Path) -> None:
+    t0 = 1_700_000_000_000_000_000  # 2023-11-14: write refuses implausible timestamps
     df = pd.DataFrame(
         {
-            "ts": [30, 10, 20, 10, 20],
+            "ts": [t0 + 30, t0 + 10, t0 + 20, t0 + 10, t0 + 20],
             "symbol": ["A", "B", "A", "A", "B"],
             "kind": ["t", "t", "q", "t", "b"],
             "price": [3.0, 1.0, None, 1.5, None],
@@ -46,11 +47,12 @@ def test_write_sorts_stably_and_load_filters(tmp_path: Path) -> None:
     path = recording.write(df, tmp_path / "r.parquet")
     table = recording.load(path)
     assert table.schema == recording.SCHEMA
-    assert table["ts"].to_pylist() == [10, 10, 20, 20, 30]
+    assert table["ts"].to_pylist() == [t0 + 10, t0 + 10, t0 + 20, t0 + 20, t0 + 30]
     assert table["trade_id"].to_pylist() == [1, 2, None, None, 5]  # equal ts keep file order
     assert table["bid_price"].null_count == 5
-    assert recording.load(path, symbols=["A"])["ts"].to_pylist() == [10, 20, 30]
-    assert recording.load(path, start_ns=20, end_ns=30)["ts"].to_pylist() == [20, 20]
+    assert recording.load(path, symbols=["A"])["ts"].to_pylist() == [t0 + 10, t0 + 20, t0 + 30]
+    window = recording.load(path, start_ns=t0 + 20, end_ns=t0 + 30)
+    assert window["ts"].to_pylist() == [t0 + 20, t0 + 20]
     assert recording.load(path, kinds=["t"], symbols=["A"])["price"].to_pylist() == [1.5, 3.0]
 
 

@@ -93,6 +93,9 @@ def test_custom_run_with_another_model_from_the_ui(
             expect(page.get_by_text("Parameters", exact=True)).to_be_visible()
             expect(page.locator('[data-slot="skeleton"]')).to_have_count(0)
 
+            # the default model's lot size (gt=0) is a number input the form bounds at 1
+            quantity = page.get_by_role("spinbutton", name="Quantity (Optional)", exact=True)
+            expect(quantity).to_have_attribute("min", "1")
             if len(titles) > 1:  # every registered model is a tab of the model field
                 for title in titles:
                     expect(page.get_by_role("tab", name=title, exact=True)).to_have_count(1)
@@ -152,3 +155,52 @@ def test_custom_run_with_another_model_from_the_ui(
         assert all(p.qty == 0 for p in ledger.positions(session.run_id))
     finally:
         ledger.close()
+
+
+def test_the_form_refuses_a_negative_quantity_before_submitting(
+    chromium: Path, served: PrefectServer, daily_session: dict
+):
+    """-5 for the default model's quantity (gt=0): the form's number input is bounded by the
+    schema's minimum, so the browser blocks the submit and no run is created; the value
+    fixed, the same form creates exactly one run."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with served.api() as api:
+        count = {"deployments": {"id": {"any_": [daily_session["id"]]}}}
+        before = api.post("/flow_runs/count", json=count).json()
+    statuses: list[int] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=str(chromium), args=CHROMIUM_ARGS, headless=True, timeout=TIMEOUT_MS
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(TIMEOUT_MS)
+            page.on(
+                "response",
+                lambda r: statuses.append(r.status) if r.url.endswith("/create_flow_run") else None,
+            )
+            page.goto(f"{served.ui_url}/v2/deployments/deployment/{daily_session['id']}/run")
+            expect(page.locator('[data-slot="skeleton"]')).to_have_count(0)
+            quantity = page.get_by_role("spinbutton", name="Quantity (Optional)", exact=True)
+            quantity.fill("-5")
+            assert quantity.evaluate("e => e.validity.rangeUnderflow") is True
+            assert "1" in quantity.evaluate("e => e.validationMessage")
+            page.get_by_role("button", name="Submit").click()
+            page.screenshot(path=str(SHOTS / "3-negative-quantity.png"), full_page=True)
+            quantity.fill("5")
+            with page.expect_response(lambda r: r.url.endswith("/create_flow_run")) as created:
+                page.get_by_role("button", name="Submit").click()
+            assert created.value.status == 201, created.value.text()
+            run_id = created.value.json()["id"]
+        finally:
+            browser.close()
+    assert statuses == [201]  # the -5 submit never reached the server
+    with served.api() as api:
+        assert api.post("/flow_runs/count", json=count).json() == before + 1
+
+        def finished() -> str | None:  # let it end before other tests use the server
+            state = api.get(f"/flow_runs/{run_id}").json()["state_type"]
+            return state if state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
+
+        assert wait_until(finished, 240, "the fixed run to finish", interval=1.0) == "COMPLETED"

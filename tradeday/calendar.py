@@ -6,7 +6,7 @@ hard-codes 09:30 or 16:00.
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from functools import cache
 from zoneinfo import ZoneInfo
 
@@ -54,14 +54,37 @@ def _closed_reason(day: date) -> str:
 
 def session_window(day: date) -> SessionWindow:
     """The regular session on ``day``, or :class:`MarketClosed` naming why there is none."""
-    cal = _calendar()
-    schedule = cal.schedule(start_date=day, end_date=day)
+    schedule = _calendar().schedule(start_date=day, end_date=day)
     if schedule.empty:
         raise MarketClosed(day, _closed_reason(day))
-    row = schedule.iloc[0]
+    return _window(day, schedule.iloc[0])
+
+
+def trading_days(start: date, end: date) -> list[SessionWindow | MarketClosed]:
+    """Every weekday from ``start`` to ``end`` (inclusive): its session, or why it has none.
+
+    One schedule query for the whole range (a query per day costs ~30 ms); weekends are
+    left out, they are never sessions.
+    """
+    if end < start:
+        raise ValueError(f"end {end.isoformat()} is before start {start.isoformat()}")
+    schedule = _calendar().schedule(start_date=start, end_date=end)
+    by_day = {ts.date(): row for ts, row in schedule.iterrows()}
+    days: list[SessionWindow | MarketClosed] = []
+    day = start
+    while day <= end:
+        if day in by_day:
+            days.append(_window(day, by_day[day]))
+        elif day.weekday() < 5:
+            days.append(MarketClosed(day, _closed_reason(day)))
+        day += timedelta(days=1)
+    return days
+
+
+def _window(day: date, row: pd.Series) -> SessionWindow:
     open_ts = row["market_open"].to_pydatetime()
     close_ts = row["market_close"].to_pydatetime()
-    regular_close = cal.close_time  # the usual close, e.g. 16:00 America/New_York
+    regular_close = _calendar().close_time  # the usual close, e.g. 16:00 America/New_York
     early = close_ts.astimezone(EXCHANGE_TZ).time() < regular_close.replace(tzinfo=None)
     return SessionWindow(
         day=day,

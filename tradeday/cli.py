@@ -1,24 +1,89 @@
-"""The ``tradeday`` command."""
+"""Run trading sessions, list models and market days, replay and record data, serve deployments.
+
+Every command and option says what it does and its default (``tradeday COMMAND --help``).
+Heavy imports (Prefect, the engine) happen inside the commands, so help does not wait for them.
+"""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
 import sys
-from datetime import date, datetime, time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import date, datetime, time, timedelta
+from enum import StrEnum
 from pathlib import Path
+from typing import Annotated
+
+import typer
 
 DEMO_DATE = date(2013, 9, 3)
+DEMO_SYMBOLS_2013 = "ES"
+DEMO_SYMBOLS_OTHER = "AAPL,MSFT,NVDA,IBM"
+
+app = typer.Typer(
+    name="tradeday",
+    help=__doc__,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,  # a rich traceback would print local variables (keys)
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+DAY = ["%Y-%m-%d"]
+
+
+class DataFeed(StrEnum):
+    iex = "iex"
+    sip = "sip"
+
+
+# Options shared by `demo` and `run`: one definition, one help text.
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Registered model name (`tradeday models` lists them); default: the --config "
+        "file's, else volume_modulo.",
+        show_default=False,
+    ),
+]
+ParamsOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="""Model params as JSON, merged over the model's defaults, e.g. '{"quantity": 10}'.""",
+        show_default=False,
+    ),
+]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="JSON file with the whole session parameter (the other options override it).",
+        exists=True,
+        dir_okay=False,
+        show_default=False,
+    ),
+]
+LedgerOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="SQLAlchemy URL of the ledger; default sqlite:///data/ledger.sqlite.",
+        show_default=False,
+    ),
+]
+ReportOpt = Annotated[
+    str | None,
+    typer.Option(help="DuckDB report file; default data/reports.duckdb.", show_default=False),
+]
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
     sys.exit(128 + signum)
 
 
-def _offline_prefect_defaults() -> None:
-    """Quiet, offline-safe Prefect settings unless the user chose otherwise.
+def _offline_prefect_defaults(log_level: str) -> None:
+    """Offline-safe Prefect settings unless the user chose otherwise.
 
     SIGTERM becomes ``SystemExit``: inside a flow Prefect turns it into a
     ``TerminationSignal`` (the session flattens in its ``finally``) and then re-delivers it
@@ -28,52 +93,138 @@ def _offline_prefect_defaults() -> None:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", log_level)
     # a first start migrates a new database and compiles Prefect: slow on a busy 2-core box
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 
-def _session_config(args: argparse.Namespace):
+@contextmanager
+def _progress_bar(what: str) -> Iterator[Callable[[float], None]]:
+    """A bar on the terminal (stderr) for a fraction 0..1; nothing when output is piped."""
+    if not sys.stderr.isatty():
+        yield lambda fraction: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TimeElapsedColumn
+
+    with Progress(
+        f"[bold]{what}",
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as progress:
+        task = progress.add_task(what, total=1.0)
+        yield lambda fraction: progress.update(task, completed=fraction)
+
+
+def _session_config(
+    *,
+    config: Path | None,
+    model: str | None,
+    params: str | None,
+    symbols: str | None,
+    ledger_url: str | None,
+    report_path: str | None,
+):
     from tradeday.config import ConfigError, parse_session_config
 
-    raw: dict = json.loads(Path(args.config).read_text()) if getattr(args, "config", None) else {}
-    if args.model:
-        model = raw.get("model") or {}
-        if model.get("name") != args.model:
-            model = {"name": args.model}
-        raw["model"] = model
-    if getattr(args, "params", None):
-        raw["model"] = {**raw.get("model", {}), **json.loads(args.params)}
-    for key in ("ledger_url", "report_path"):
-        if getattr(args, key, None):
-            raw[key] = getattr(args, key)
-    if getattr(args, "symbols", None):
-        raw["symbols"] = args.symbols.split(",")
+    try:
+        raw: dict = json.loads(config.read_text()) if config else {}
+    except json.JSONDecodeError as exc:
+        sys.exit(f"tradeday: --config {config} is not JSON: {exc}")
+    if model:
+        chosen = raw.get("model") or {}
+        if chosen.get("name") != model:
+            chosen = {"name": model}
+        raw["model"] = chosen
+    if params:
+        try:
+            overrides = json.loads(params)
+        except json.JSONDecodeError as exc:
+            sys.exit(
+                f"tradeday: --params is not JSON ({exc}); e.g. --params '{{\"quantity\": 10}}'"
+            )
+        raw["model"] = {**raw.get("model", {}), **overrides}
+    if ledger_url:
+        raw["ledger_url"] = ledger_url
+    if report_path:
+        raw["report_path"] = report_path
+    if symbols:
+        raw["symbols"] = symbols.split(",")
     try:
         return parse_session_config(raw)
     except ConfigError as exc:
         sys.exit(f"tradeday: {exc}")
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    _offline_prefect_defaults()
+@app.command()
+def demo(
+    date_: Annotated[
+        datetime | None,
+        typer.Option(
+            "--date",
+            formats=DAY,
+            metavar="YYYY-MM-DD",
+            help=f"Recorded day to replay YYYY-MM-DD; default {DEMO_DATE} (ES futures).",
+            show_default=False,
+        ),
+    ] = None,
+    model: ModelOpt = None,
+    params: ParamsOpt = None,
+    symbols: Annotated[
+        str | None,
+        typer.Option(
+            help=f"Comma-separated symbols; default {DEMO_SYMBOLS_2013} for a 2013 day, "
+            f"else {DEMO_SYMBOLS_OTHER}.",
+            show_default=False,
+        ),
+    ] = None,
+    config: ConfigOpt = None,
+    ledger_url: LedgerOpt = None,
+    report_path: ReportOpt = None,
+) -> None:
+    """Replay a recorded day offline end to end (replay server, simulated broker) and print a summary."""
+    from tradeday.calendar import MarketClosed, session_window
+
+    day = date_.date() if date_ else DEMO_DATE
+    try:
+        session_window(day)
+    except MarketClosed as closed:
+        sys.exit(f"tradeday: {closed}: no session to replay; `tradeday calendar` lists sessions")
+    _offline_prefect_defaults("WARNING")
     from tradeday import recording
 
-    day = date.fromisoformat(args.date) if args.date else DEMO_DATE
-    if not args.symbols:
-        args.symbols = "ES" if day.year == 2013 else "AAPL,MSFT,NVDA,IBM"
-    config = _session_config(args)
-    if config.feed.recording is None and day not in recording.bundled_days():
+    symbols = symbols or (DEMO_SYMBOLS_2013 if day.year == 2013 else DEMO_SYMBOLS_OTHER)
+    session = _session_config(
+        config=config,
+        model=model,
+        params=params,
+        symbols=symbols,
+        ledger_url=ledger_url,
+        report_path=report_path,
+    )
+    if session.feed.recording is None and day not in recording.bundled_days():
         days = ", ".join(d.isoformat() for d in recording.bundled_days())
         sys.exit(f"tradeday: --date {day} has no bundled recording; recorded days: {days}")
+    if session.feed.recording is not None and day not in recording.days(session.feed.recording):
+        days = ", ".join(d.isoformat() for d in recording.days(session.feed.recording))
+        sys.exit(
+            f"tradeday: --date {day} is not in {session.feed.recording} (it holds {days or 'nothing'})"
+        )
     from flows.session import trading_session
+    from tasks.ui import watch_progress
 
-    print(f"tradeday demo: replaying {day} ({','.join(config.symbols)}) with {config.model.name}…")
-    state = trading_session(config=config, session_date=day, return_state=True)
+    print(
+        f"tradeday demo: replaying {day} ({','.join(session.symbols)}) with {session.model.name}…"
+    )
+    with _progress_bar("session") as advance, watch_progress(advance):
+        state = trading_session(config=session, session_date=day, return_state=True)
     result = state.result(raise_on_failure=False)
     if not isinstance(result, dict) or "run_id" not in result:
         print(f"session ended: {state.name}: {state.message or result}")
-        return 0 if state.is_completed() else 1
+        raise typer.Exit(0 if state.is_completed() else 1)
     flat = "flat" if not result["final_positions"] else result["final_positions"]
     position = 0 if not result["final_positions"] else sum(result["final_positions"].values())
     from tradeday.report import shell_command
@@ -99,25 +250,288 @@ their reports):
   {shell_command(report)}
 """
     )
-    return 0 if result["status"] == "completed" and position == 0 else 1
+    raise typer.Exit(0 if result["status"] == "completed" and position == 0 else 1)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    _offline_prefect_defaults()
-    config = _session_config(args)
+@app.command()
+def run(
+    date_: Annotated[
+        datetime | None,
+        typer.Option(
+            "--date",
+            formats=DAY,
+            metavar="YYYY-MM-DD",
+            help="Session date YYYY-MM-DD (America/New_York); default today in New York.",
+            show_default=False,
+        ),
+    ] = None,
+    model: ModelOpt = None,
+    params: ParamsOpt = None,
+    symbols: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated symbols; default the --config file's, else ES.",
+            show_default=False,
+        ),
+    ] = None,
+    config: ConfigOpt = None,
+    ledger_url: LedgerOpt = None,
+    report_path: ReportOpt = None,
+) -> None:
+    """Run one trading_session flow (live or replay, as the config says), logging at INFO.
+
+    Without PREFECT_API_URL, Prefect starts a temporary local server for this run.
+    """
+    _offline_prefect_defaults("INFO")
+    session = _session_config(
+        config=config,
+        model=model,
+        params=params,
+        symbols=symbols,
+        ledger_url=ledger_url,
+        report_path=report_path,
+    )
     from flows.session import trading_session
 
-    day = date.fromisoformat(args.date) if args.date else None
-    state = trading_session(config=config, session_date=day, return_state=True)
+    day = date_.date() if date_ else None
+    state = trading_session(config=session, session_date=day, return_state=True)
     print(f"{state.name}: {state.message or ''}")
     result = state.result(raise_on_failure=False)
     if isinstance(result, dict):
         print(json.dumps(result, indent=2, default=str))
-    return 0 if state.is_completed() else 1
+    raise typer.Exit(0 if state.is_completed() else 1)
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    """Serve every deployment in prefect.yaml from this process (docs/operations.md)."""
+@app.command()
+def models() -> None:
+    """List the registered models: each one's params with type, default, bounds and description."""
+    from tradeday.model_catalog import describe_models
+
+    print(describe_models())
+
+
+@app.command("calendar")
+def calendar_(
+    from_: Annotated[
+        datetime | None,
+        typer.Option(
+            "--from",
+            formats=DAY,
+            metavar="YYYY-MM-DD",
+            help="First day YYYY-MM-DD; default today in New York.",
+            show_default=False,
+        ),
+    ] = None,
+    to: Annotated[
+        datetime | None,
+        typer.Option(
+            formats=DAY,
+            metavar="YYYY-MM-DD",
+            help="Last day YYYY-MM-DD; default two weeks on.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """NYSE sessions in New York time and UTC, holidays by name, early closes."""
+    from tradeday.calendar import EXCHANGE_TZ, MarketClosed, exchange_today, trading_days
+
+    start = from_.date() if from_ else exchange_today()
+    end = to.date() if to else start + timedelta(days=14)
+    if end < start:
+        raise typer.BadParameter(f"{end} is before --from {start}", param_hint="'--to'")
+    if (end - start).days > 3660:
+        raise typer.BadParameter("at most ten years at a time", param_hint="'--to'")
+    for day in trading_days(start, end):
+        if isinstance(day, MarketClosed):
+            print(f"{day.day:%Y-%m-%d %a}  closed: {day.reason}")
+            continue
+        ny_open, ny_close = (t.astimezone(EXCHANGE_TZ) for t in (day.open, day.close))
+        note = "  early close" if day.early_close else ""
+        print(
+            f"{day.day:%Y-%m-%d %a}  {ny_open:%H:%M}-{ny_close:%H:%M} New York "
+            f"({ny_open:%Z})  {day.open:%H:%M}-{day.close:%H:%M} UTC{note}"
+        )
+
+
+@app.command("replay-server")
+def replay_server(
+    data: Annotated[
+        Path, typer.Option(help="Parquet recording to serve.", exists=True, dir_okay=False)
+    ],
+    port: Annotated[int, typer.Option(help="TCP port on 127.0.0.1 to listen on.")] = 8765,
+    speed: Annotated[
+        float | None,
+        typer.Option(
+            help="Multiple of real time; default as fast as the client reads.", show_default=False
+        ),
+    ] = None,
+    date_: Annotated[
+        datetime | None,
+        typer.Option(
+            "--date",
+            formats=DAY,
+            metavar="YYYY-MM-DD",
+            help="With --start: the recording's day to start on YYYY-MM-DD.",
+            show_default=False,
+        ),
+    ] = None,
+    start: Annotated[
+        str | None,
+        typer.Option(
+            help="Start at this time of day, America/New_York (HH:MM); needs --date.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Serve a recording over Alpaca's market-data stream protocol (any Alpaca client connects)."""
+    from tradeday.calendar import EXCHANGE_TZ
+    from tradeday.events import datetime_to_ns
+    from tradeday.replay.server import serve_forever
+
+    start_ns = None
+    if start:
+        if not date_:
+            raise typer.BadParameter(
+                "--start needs --date (the recording's day, America/New_York)",
+                param_hint="'--start'",
+            )
+        try:
+            at = time.fromisoformat(start)
+        except ValueError:
+            raise typer.BadParameter(f"{start!r} is not HH:MM", param_hint="'--start'") from None
+        local = datetime.combine(date_.date(), at)
+        start_ns = datetime_to_ns(local.replace(tzinfo=EXCHANGE_TZ))
+    serve_forever(data, port=port, speed=speed, start_ns=start_ns)
+
+
+@app.command()
+def record(
+    date_: Annotated[
+        datetime,
+        typer.Option(
+            "--date",
+            formats=DAY,
+            metavar="YYYY-MM-DD",
+            help="Session date YYYY-MM-DD (America/New_York).",
+        ),
+    ],
+    symbols: Annotated[str, typer.Option(help="Comma-separated symbols, e.g. SPY,QQQ.")],
+    feed: Annotated[
+        DataFeed, typer.Option(help="Alpaca data feed: iex (free plans) or sip.")
+    ] = DataFeed.iex,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Parquet file; default data/recordings/DATE.parquet.", show_default=False
+        ),
+    ] = None,
+    data_url: Annotated[
+        str | None,
+        typer.Option(
+            help="An Alpaca-compatible data API URL; default Alpaca's.", show_default=False
+        ),
+    ] = None,
+) -> None:
+    """Record a day of trades and minute bars from Alpaca's data API (keys from APCA_API_KEY_ID/APCA_API_SECRET_KEY)."""
+    from tradeday.calendar import MarketClosed
+    from tradeday.record import record_day
+
+    key_id, secret = os.environ.get("APCA_API_KEY_ID"), os.environ.get("APCA_API_SECRET_KEY")
+    if not key_id or not secret:
+        sys.exit(
+            "tradeday: recording needs Alpaca keys: set APCA_API_KEY_ID and APCA_API_SECRET_KEY"
+        )
+    day = date_.date()
+    try:
+        path, counts = record_day(
+            day,
+            symbols.split(","),
+            out or f"data/recordings/{day.isoformat()}.parquet",
+            key_id=key_id,
+            secret_key=secret,
+            feed=feed.value,
+            base_url=data_url,
+        )
+    except MarketClosed as closed:
+        sys.exit(f"tradeday: {closed}")
+    for what, n in counts.items():
+        print(f"{what}: {n:,}")
+    print(f"wrote {path}")
+
+
+class Label(StrEnum):
+    start = "start"
+    end = "end"
+
+
+@app.command()
+def convert(
+    csv: Annotated[
+        Path, typer.Argument(help="CSV of trades or bars.", exists=True, dir_okay=False)
+    ],
+    out: Annotated[Path, typer.Option(help="Parquet recording to write.")],
+    symbol: Annotated[
+        str | None,
+        typer.Option(
+            help="Symbol for every row; default the CSV's symbol column.", show_default=False
+        ),
+    ] = None,
+    tz: Annotated[
+        str | None,
+        typer.Option(
+            help="Whose wall clock times without a UTC offset are, e.g. America/New_York; "
+            "required for such times.",
+            show_default=False,
+        ),
+    ] = None,
+    label: Annotated[
+        Label, typer.Option(help="Bars only: is a bar stamped at its start or its end?")
+    ] = Label.start,
+    interval: Annotated[
+        str, typer.Option(help="Bars only: the bar length, subtracted when --label end.")
+    ] = "1min",
+    unit: Annotated[
+        str, typer.Option(help="Integer times only: epoch unit, one of s, ms, us, ns.")
+    ] = "ns",
+) -> None:
+    """Convert a CSV of trades or bars into a recording that demo, run and backtests replay.
+
+    Trades need a time column (ts, time, timestamp or datetime), price and size; bars the
+    time column and open, high, low, close, volume (or o, h, l, c, v). docs/data.md.
+    """
+    from tradeday import recording
+
+    try:
+        if recording.csv_kind(csv) == "trades":
+            table = recording.from_csv(csv, symbol=symbol, tz=tz, unit=unit)
+        else:
+            table = recording.from_bars_csv(
+                csv, symbol=symbol, tz=tz, label=label.value, interval=interval, unit=unit
+            )
+        path = recording.write(table, out)
+    except ValueError as exc:
+        sys.exit(f"tradeday convert: {exc}")
+    kinds = {"t": "trades", "b": "bars"}
+    counts = table.group_by("kind").aggregate([("ts", "count")]).to_pylist()
+    what = ", ".join(f"{row['ts_count']:,} {kinds[row['kind']]}" for row in counts)
+    days = ", ".join(d.isoformat() for d in recording.days(path))
+    symbols = ",".join(sorted(set(table["symbol"].to_pylist())))
+    print(f"wrote {path}: {what} of {symbols} on {days} (New York dates)")
+
+
+@app.command()
+def serve(
+    limit: Annotated[
+        int | None,
+        typer.Option(help="Max concurrent flow runs; default no limit.", show_default=False),
+    ] = None,
+) -> None:
+    """Serve every deployment in prefect.yaml from this process until Ctrl-C.
+
+    Needs a running Prefect server and PREFECT_API_URL pointing at it, e.g.
+    `prefect server start` in one terminal, then
+    PREFECT_API_URL=http://127.0.0.1:4200/api tradeday serve in another (docs/operations.md).
+    """
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from prefect.settings import get_current_settings
@@ -129,117 +543,48 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     import deployments
 
-    deployments.serve(limit=args.limit)
-    return 0
+    deployments.serve(limit=limit)
 
 
-def cmd_report(args: argparse.Namespace) -> int:
+@app.command()
+def report(
+    date_: Annotated[
+        datetime | None,
+        typer.Option(
+            "--date",
+            formats=DAY,
+            metavar="YYYY-MM-DD",
+            help="The sessions of one date YYYY-MM-DD (instead of --last).",
+            show_default=False,
+        ),
+    ] = None,
+    last: Annotated[
+        int | None,
+        typer.Option(help="The last N session dates; default 5.", min=1, show_default=False),
+    ] = None,
+    report_path: ReportOpt = None,
+) -> None:
+    """Print the sessions in the DuckDB report and plot their equity (PNG next to the report)."""
     from tradeday.config import SessionConfig
-    from tradeday.report_cli import run
+    from tradeday.report_cli import run as print_report
 
-    path = args.report_path or SessionConfig.model_fields["report_path"].default
-    day = date.fromisoformat(args.date) if args.date else None
-    return run(path, day=day, last=args.last)
-
-
-def cmd_replay_server(args: argparse.Namespace) -> int:
-    from tradeday.calendar import EXCHANGE_TZ
-    from tradeday.events import datetime_to_ns
-    from tradeday.replay.server import serve_forever
-
-    start_ns = None
-    if args.start:
-        if not args.date:
-            sys.exit("tradeday: --start needs --date (the recording's day, America/New_York)")
-        local = datetime.combine(date.fromisoformat(args.date), time.fromisoformat(args.start))
-        start_ns = datetime_to_ns(local.replace(tzinfo=EXCHANGE_TZ))
-    serve_forever(args.data, port=args.port, speed=args.speed, start_ns=start_ns)
-    return 0
-
-
-def cmd_record(args: argparse.Namespace) -> int:
-    from tradeday.calendar import MarketClosed
-    from tradeday.record import record_day
-
-    key_id, secret = os.environ.get("APCA_API_KEY_ID"), os.environ.get("APCA_API_SECRET_KEY")
-    if not key_id or not secret:
-        sys.exit(
-            "tradeday: recording needs Alpaca keys: set APCA_API_KEY_ID and APCA_API_SECRET_KEY"
-        )
-    day = date.fromisoformat(args.date)
-    out = args.out or f"data/recordings/{day.isoformat()}.parquet"
-    try:
-        path, counts = record_day(
-            day,
-            args.symbols.split(","),
-            out,
-            key_id=key_id,
-            secret_key=secret,
-            feed=args.feed,
-            base_url=args.data_url,
-        )
-    except MarketClosed as closed:
-        sys.exit(f"tradeday: {closed}")
-    for what, n in counts.items():
-        print(f"{what}: {n:,}")
-    print(f"wrote {path}")
-    return 0
+    if date_ and last is not None:
+        raise typer.BadParameter("give --date or --last, not both", param_hint="'--last'")
+    path = report_path or SessionConfig.model_fields["report_path"].default
+    raise typer.Exit(print_report(path, day=date_.date() if date_ else None, last=last or 5))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tradeday", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    """The console script, callable from Python: returns the exit status.
 
-    def session_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--date", help="session date YYYY-MM-DD (America/New_York)")
-        p.add_argument("--model", help="registered model name")
-        p.add_argument("--params", help="model params as JSON, e.g. '{\"quantity\": 10}'")
-        p.add_argument("--symbols", help="comma-separated symbols")
-        p.add_argument("--config", help="JSON file with the whole session parameter")
-        p.add_argument("--ledger-url", dest="ledger_url", help="SQLAlchemy URL of the ledger")
-        p.add_argument("--report-path", dest="report_path", help="DuckDB report file")
-
-    demo = sub.add_parser("demo", help="replay a recorded day end to end and print a summary")
-    session_args(demo)
-    demo.set_defaults(func=cmd_demo)
-
-    run = sub.add_parser("run", help="run one trading_session flow with the given parameters")
-    session_args(run)
-    run.set_defaults(func=cmd_run)
-
-    rs = sub.add_parser("replay-server", help="serve a recording over the Alpaca stream protocol")
-    rs.add_argument("--data", required=True, help="Parquet recording")
-    rs.add_argument("--port", type=int, default=8765)
-    rs.add_argument(
-        "--speed", type=float, default=None, help="× real time; default: as fast as read"
-    )
-    rs.add_argument("--date", help="with --start: the day to start on (YYYY-MM-DD)")
-    rs.add_argument("--start", help="start at this time of day, America/New_York (HH:MM)")
-    rs.set_defaults(func=cmd_replay_server)
-
-    rec = sub.add_parser("record", help="record a day of trades and minute bars from Alpaca")
-    rec.add_argument("--date", required=True, help="session date YYYY-MM-DD")
-    rec.add_argument("--symbols", required=True, help="comma-separated symbols")
-    rec.add_argument("--feed", choices=["iex", "sip"], default="iex")
-    rec.add_argument("--out", help="Parquet file (default data/recordings/DATE.parquet)")
-    rec.add_argument("--data-url", dest="data_url", help="an Alpaca-compatible data API URL")
-    rec.set_defaults(func=cmd_record)
-
-    serve = sub.add_parser("serve", help="serve all deployments (prefect.yaml) from one process")
-    serve.add_argument("--limit", type=int, default=None, help="max concurrent flow runs")
-    serve.set_defaults(func=cmd_serve)
-
-    report = sub.add_parser(
-        "report", help="print the sessions in the DuckDB report and plot their equity (PNG)"
-    )
-    when = report.add_mutually_exclusive_group()
-    when.add_argument("--date", help="the sessions of one date YYYY-MM-DD")
-    when.add_argument("--last", type=int, default=5, help="the last N session dates (default 5)")
-    report.add_argument("--report-path", dest="report_path", help="DuckDB report file")
-    report.set_defaults(func=cmd_report)
-
-    args = parser.parse_args(argv)
-    return args.func(args)
+    A refusal (``sys.exit("tradeday: ...")``) still raises ``SystemExit`` with its message.
+    """
+    try:
+        app(args=argv, prog_name="tradeday")
+    except SystemExit as exc:
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or 0
+        raise
 
 
 if __name__ == "__main__":

@@ -11,17 +11,77 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    ValidationError,
+    field_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 import models
 
-FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+def form_bounds(schema: dict[str, Any], *_: Any) -> None:
+    """Give every exclusive bound an inclusive twin the Prefect form can enforce.
+
+    The v2 run form sets a number input's ``min``/``max`` from ``minimum``/``maximum``
+    only, so pydantic's ``gt=0`` (``exclusiveMinimum``) let a negative lot size be typed.
+    For integers ``> k`` is exactly ``>= k+1``, so it is replaced; floats keep the
+    exclusive bound (the server still refuses 0) and gain the inclusive one for the form.
+    """
+    for prop in schema.get("properties", {}).values():
+        for each in prop.get("anyOf", [prop]):
+            integer = each.get("type") == "integer"
+            for exclusive, inclusive, step in (
+                ("exclusiveMinimum", "minimum", 1),
+                ("exclusiveMaximum", "maximum", -1),
+            ):
+                if exclusive in each and inclusive not in each:
+                    bound = each.pop(exclusive) if integer else each[exclusive]
+                    each[inclusive] = bound + step if integer else bound
+
+
+FROZEN = ConfigDict(frozen=True, extra="forbid", json_schema_extra=form_bounds)
 
 _param_classes = tuple(models.params_classes())
 ModelChoice = Union[_param_classes] if len(_param_classes) > 1 else _param_classes[0]  # noqa: UP007
 
 
 DEFAULT_MODEL: str = _param_classes[0].model_fields["name"].default
+
+
+class ModelFieldSchema:
+    """The model field's JSON schema, shaped so Prefect's 409 names the field at fault.
+
+    Prefect checks a run's parameters with jsonschema and reports its ``best_match``. For
+    an ``anyOf`` that descends into the branches only when one error there is deeper than
+    all others; pydantic's ``name: const`` fails at ``model.name`` in every other branch,
+    so those tie and the 409 says only "not valid under any of the given schemas". Here
+    each branch refuses the *other* models' names at its own level instead (``if`` name is
+    another model's, ``then: false``), which leaves the chosen model's bad field the
+    deepest error; and an ``enum`` of every name beside the ``anyOf`` makes an unknown
+    model fail with the valid names listed. The ``anyOf`` itself stays: the UI's one tab
+    per model depends on it (docs/architecture.md).
+    """
+
+    def __get_pydantic_json_schema__(
+        self, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        schema = handler(core_schema)
+        names = [cls.model_fields["name"].default for cls in _param_classes]
+        for ref in schema.get("anyOf", [schema]):
+            branch = handler.resolve_ref_schema(ref)
+            form_bounds(branch)
+            own = branch["properties"]["name"].pop("const")
+            others = [name for name in names if name != own]
+            if others:
+                branch["if"] = {"properties": {"name": {"enum": others}}, "required": ["name"]}
+                branch["then"] = False
+        return {**schema, "properties": {"name": {"enum": names}}}
 
 
 class FeedConfig(BaseModel):
@@ -98,7 +158,7 @@ class SessionConfig(BaseModel):
 
     model_config = ConfigDict(FROZEN, title="Session")
 
-    model: Annotated[ModelChoice, Field(title="Model")] = Field(  # type: ignore[valid-type]
+    model: Annotated[ModelChoice, Field(title="Model"), ModelFieldSchema()] = Field(  # type: ignore[valid-type]
         default_factory=lambda: _param_classes[0](), title="Model"
     )
     symbols: list[str] = Field(["ES"], min_length=1, title="Symbols")

@@ -11,7 +11,11 @@ module keeps using that client for real and works around each of those:
 - a dropped or silent stream is reconnected with exponential backoff and jitter, then
   re-authenticated and resubscribed;
 - an exception while handling a frame (a model's bug, say) ends the feed with that
-  exception, which the session raises, instead of passing for a dropped connection.
+  exception, which the session raises, instead of passing for a dropped connection;
+- two harmless messages on every successful session are turned into one debug line each
+  (:func:`_quiet_listen_end`, :class:`_LateDataAfterClose`): cpquant's ``listen`` prints
+  "Error receiving message from websocket!" whenever it returns, and websockets' receive
+  thread logs an ``EOFError: stream ended`` traceback when data lands after we closed.
 """
 
 from __future__ import annotations
@@ -53,6 +57,38 @@ _KEY_VARS = ("ALPACA_DATA_PUBLIC_KEY", "ALPACA_DATA_SECRET_KEY")
 _redirect_lock = threading.Lock()
 
 
+def _quiet_listen_end(*args: object, **_kwargs: object) -> None:
+    """Stands in for ``print`` inside ``cpquant.data`` only.
+
+    cpquant's ``listen`` prints "Error receiving message from websocket!" every time it
+    returns, an end of replay and our own stop included. Why it returned is decided and
+    logged by :meth:`StreamFeed._run` (end of data, reconnect, feed error), so the print
+    adds nothing but alarm; it goes to the debug log instead.
+    """
+    log.debug("cpquant: %s", " ".join(str(a) for a in args))
+
+
+class _LateDataAfterClose(logging.Filter):
+    """Demote websockets' 'unexpected internal error' when it is ``EOFError: stream ended``.
+
+    Closing a sync client from another thread (stop, stale-stream reconnect, end of replay)
+    can race its receive thread: bytes read just before the close are fed to a reader that
+    is already at end-of-stream, which raises ``EOFError("stream ended")``, and websockets
+    logs that at ERROR with a traceback although the connection simply ended as asked.
+    Only that exact record is dropped (and one debug line written); any other error passes.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if record.msg == "unexpected internal error" and isinstance(exc, EOFError):
+            log.debug("websockets: data arrived after the close (%s); ignored", exc)
+            return False
+        return True
+
+
+logging.getLogger("websockets.client").addFilter(_LateDataAfterClose())
+
+
 class FeedError(RuntimeError):
     """The stream refused us in a way retrying cannot fix."""
 
@@ -64,7 +100,9 @@ def open_client(url: str, key: str, secret: str) -> Any:
     its keys from the environment, so both are swapped for exactly that call, under a
     lock, and restored.
     """
-    from cpquant.data import AlpacaRealtimeClient  # never cpquant.stats, never its .env
+    from cpquant import data as cpquant_data  # never cpquant.stats, never its .env
+
+    cpquant_data.print = _quiet_listen_end  # type: ignore[attr-defined]
 
     with _redirect_lock:
         original_connect = ws_client.connect
@@ -80,7 +118,7 @@ def open_client(url: str, key: str, secret: str) -> Any:
         os.environ[_KEY_VARS[0]] = key
         os.environ[_KEY_VARS[1]] = secret
         try:
-            return AlpacaRealtimeClient()
+            return cpquant_data.AlpacaRealtimeClient()
         finally:
             ws_client.connect = original_connect
             for name, value in saved.items():

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 from datetime import date
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -21,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tradeday.events import MINUTE_NS, Bar, Quote, Trade
+from tradeday.events import MINUTE_NS, NS_PER_MS, NS_PER_S, NS_PER_US, Bar, Quote, Trade
 
 NEW_YORK = "America/New_York"
 KINDS = ("t", "q", "b")
@@ -82,6 +83,39 @@ def conform(data: pa.Table | pd.DataFrame) -> pa.Table:
     return _sorted(table)
 
 
+PLAUSIBLE_NS = (
+    int(pd.Timestamp("1980-01-01", tz="UTC").value),
+    int(pd.Timestamp("2100-01-01", tz="UTC").value),
+)
+_UNIT_MISTAKES = (("microseconds", 1_000), ("milliseconds", 1_000_000), ("seconds", 10**9))
+
+
+def check_times(table: pa.Table) -> None:
+    """Raise ValueError when ``ts`` is not plausible UTC nanoseconds, naming the likely unit.
+
+    pandas 3 stores parsed datetimes in microseconds by default, so ``.astype("int64")``
+    on one gives numbers 1,000 times too small: 2023 reads as January 1970.
+    """
+    if len(table) == 0:
+        return
+    low, high = (int(v.as_py()) for v in pc.min_max(table["ts"]).values())
+    first, last = PLAUSIBLE_NS
+    if first <= low and high < last:
+        return
+    seen = f"ts from {low} to {high} reads as {_ns_text(low)} to {_ns_text(high)} in nanoseconds"
+    for unit, factor in _UNIT_MISTAKES:
+        if first <= low * factor and high * factor < last:
+            raise ValueError(
+                f"{seen}; they look like epoch {unit}: multiply by {factor:,} "
+                f"(from pandas: series.dt.as_unit('ns').astype('int64'))"
+            )
+    raise ValueError(f"{seen}; expected UTC nanoseconds between 1980 and 2100")
+
+
+def _ns_text(ns: int) -> str:
+    return pd.Timestamp(ns, unit="ns", tz="UTC").isoformat()
+
+
 def _sorted(table: pa.Table) -> pa.Table:
     """Stable sort by ts, skipped when already sorted (the common case, and O(n) to check)."""
     ts = table["ts"].to_numpy()
@@ -91,8 +125,13 @@ def _sorted(table: pa.Table) -> pa.Table:
 
 
 def write(data: pa.Table | pd.DataFrame, path: str | Path) -> Path:
-    """Write a recording: zstd, delta-encoded timestamps, row groups small enough to skip."""
+    """Write a recording: zstd, delta-encoded timestamps, row groups small enough to skip.
+
+    Refuses timestamps outside 1980..2100 (:func:`check_times`): a table in the wrong unit
+    would otherwise replay as an empty day.
+    """
     table = conform(data)
+    check_times(table)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(
@@ -222,56 +261,94 @@ def from_es_ticks_csv(path: str | Path, symbol: str = "ES") -> pa.Table:
 
 
 def from_minute_bars_csv(path: str | Path, symbol: str) -> pa.Table:
-    """1-minute bars from a pyqstrat CSV (``timestamp`` America/New_York naive, o,h,l,c,v).
+    """1-minute bars from a pyqstrat CSV (``timestamp`` America/New_York naive, o,h,l,c,v,
+    each bar labelled at its end: 09:31 .. 16:00)."""
+    return from_bars_csv(path, symbol, tz=NEW_YORK, label="end", interval="1min")
 
-    The file labels a bar at its end (09:31 .. 16:00); Alpaca labels bars at their start,
-    so ``ts`` is the label minus one minute.
-    """
+
+TIME_COLUMNS = ("ts", "time", "timestamp", "datetime")
+EPOCH_UNITS = {"s": NS_PER_S, "ms": NS_PER_MS, "us": NS_PER_US, "ns": 1}
+BAR_ALIASES = {"o": "open", "h": "high", "l": "low", "c": "close", "v": "volume"}
+BAR_ALIASES |= {"n": "trade_count", "vw": "vwap"}
+
+
+def _read_csv(path: str | Path) -> pd.DataFrame:
     df = pd.read_csv(path)
-    n = len(df)
-    return conform(
-        pa.table(
-            {
-                "ts": localize_ns(df["timestamp"], NEW_YORK) - MINUTE_NS,
-                "symbol": pa.array([symbol] * n, pa.string()),
-                "kind": pa.array(["b"] * n, pa.string()),
-                "open": df["o"].to_numpy("float64"),
-                "high": df["h"].to_numpy("float64"),
-                "low": df["l"].to_numpy("float64"),
-                "close": df["c"].to_numpy("float64"),
-                "volume": df["v"].to_numpy("int64"),
-            }
+    df.columns = [str(c).strip().lower() for c in df.columns]
+    return df
+
+
+def _times_ns(df: pd.DataFrame, path: str | Path, tz: str | None, unit: str) -> np.ndarray:
+    """UTC nanoseconds from the first time column found (``TIME_COLUMNS``).
+
+    Integers are epoch ``unit``; text with an offset is exact; text without one is wall
+    time in ``tz``, and there is no silent default for it: a New York wall time read as
+    UTC would shift the whole day by hours.
+    """
+    column = next((c for c in TIME_COLUMNS if c in df.columns), None)
+    if column is None:
+        raise ValueError(
+            f"{path}: needs a time column named one of {', '.join(TIME_COLUMNS)}; "
+            f"has {', '.join(df.columns)}"
         )
+    raw = df[column]
+    if pd.api.types.is_integer_dtype(raw):
+        if unit not in EPOCH_UNITS:
+            raise ValueError(f"unit must be one of {', '.join(EPOCH_UNITS)}, not {unit!r}")
+        return raw.to_numpy("int64") * EPOCH_UNITS[unit]
+    try:
+        parsed = pd.to_datetime(raw, format="ISO8601")
+    except ValueError:  # mixed UTC offsets: only a UTC parse can hold them
+        parsed = pd.to_datetime(raw, format="ISO8601", utc=True)
+    if parsed.dt.tz is not None:
+        return _utc_ns(parsed)
+    if tz is None:
+        raise ValueError(
+            f"{path}: column {column!r} has times without a UTC offset (e.g. {raw.iloc[0]!r}); "
+            "say whose wall clock they are with tz= (tradeday convert --tz), "
+            "e.g. America/New_York or UTC"
+        )
+    return localize_ns(parsed, tz)
+
+
+def _symbols(df: pd.DataFrame, path: str | Path, symbol: str | None) -> pa.Array:
+    if symbol is None and "symbol" not in df.columns:
+        raise ValueError(f"{path}: no 'symbol' column; pass symbol= (tradeday convert --symbol)")
+    values = [symbol] * len(df) if symbol is not None else df["symbol"].astype(str).tolist()
+    return pa.array(values, pa.string())
+
+
+def csv_kind(path: str | Path) -> Literal["trades", "bars"]:
+    """Which converter a CSV's header calls for: ``price`` means trades, ``close`` bars."""
+    columns = set(pd.read_csv(path, nrows=0).rename(columns=str.lower).rename(columns=BAR_ALIASES))
+    if "price" in columns:
+        return "trades"
+    if "close" in columns:
+        return "bars"
+    raise ValueError(
+        f"{path}: neither trades (a price and a size column) nor bars "
+        f"(open, high, low, close, volume); has {', '.join(sorted(columns))}"
     )
 
 
-def from_csv(path: str | Path, symbol: str | None = None, tz: str = "UTC") -> pa.Table:
-    """Trades from a generic CSV with columns ``ts`` or ``time``, ``symbol``, ``price``, ``size``.
+def from_csv(
+    path: str | Path, symbol: str | None = None, tz: str | None = None, unit: str = "ns"
+) -> pa.Table:
+    """Trades from a CSV with a time column (``ts``/``time``/``timestamp``/``datetime``),
+    ``symbol``, ``price`` and ``size``.
 
-    ``ts``/``time`` may be integer epoch nanoseconds or timestamp text; text without an
-    offset is wall time in ``tz``. ``symbol`` fills (or overrides) the symbol column.
+    The time is integer epoch ``unit`` or timestamp text; text without an offset is wall
+    time in ``tz`` (required then). ``symbol`` fills (or overrides) the symbol column.
     Optional columns ``exchange``, ``trade_id`` and ``tape`` are kept.
     """
-    df = pd.read_csv(path)
-    time_col = "ts" if "ts" in df.columns else "time"
-    if time_col not in df.columns:
-        raise ValueError(f"{path}: needs a 'ts' or 'time' column, has {list(df.columns)}")
-    raw = df[time_col]
-    if pd.api.types.is_integer_dtype(raw):
-        ts = raw.to_numpy("int64")
-    else:
-        try:
-            parsed = pd.to_datetime(raw, format="ISO8601")
-        except ValueError:  # mixed UTC offsets: only a UTC parse can hold them
-            parsed = pd.to_datetime(raw, format="ISO8601", utc=True)
-        ts = localize_ns(parsed, tz) if parsed.dt.tz is None else _utc_ns(parsed)
+    df = _read_csv(path)
+    missing = {"price", "size"} - set(df.columns)
+    if missing:
+        raise ValueError(f"{path}: trades need columns price and size; missing {sorted(missing)}")
     n = len(df)
-    if symbol is None and "symbol" not in df.columns:
-        raise ValueError(f"{path}: no 'symbol' column; pass symbol=")
-    symbols = [symbol] * n if symbol is not None else df["symbol"].astype(str).tolist()
     columns: dict[str, object] = {
-        "ts": ts,
-        "symbol": pa.array(symbols, pa.string()),
+        "ts": _times_ns(df, path, tz, unit),
+        "symbol": _symbols(df, path, symbol),
         "kind": pa.array(["t"] * n, pa.string()),
         "price": df["price"].to_numpy("float64"),
         "size": df["size"].to_numpy("int64"),
@@ -279,6 +356,50 @@ def from_csv(path: str | Path, symbol: str | None = None, tz: str = "UTC") -> pa
     for name in ("exchange", "trade_id", "tape"):
         if name in df.columns:
             columns[name] = pa.array(df[name].tolist(), SCHEMA.field(name).type)
+    return conform(pa.table(columns))
+
+
+def from_bars_csv(
+    path: str | Path,
+    symbol: str | None = None,
+    tz: str | None = None,
+    label: Literal["start", "end"] = "start",
+    interval: str = "1min",
+    unit: str = "ns",
+) -> pa.Table:
+    """Bars from a CSV in the common layouts: a time column (``datetime``/``timestamp``/
+    ``time``/``ts``), ``open, high, low, close, volume`` (or ``o, h, l, c, v``), optionally
+    ``symbol``, ``trade_count``/``n`` and ``vwap``/``vw``.
+
+    Times as in :func:`from_csv`. ``label="end"`` is for files that stamp a bar at its end
+    (09:31 for the 09:30 minute): ``interval`` is subtracted, since recordings (like
+    Alpaca) stamp bars at their start.
+    """
+    df = _read_csv(path).rename(columns=BAR_ALIASES)
+    missing = {"open", "high", "low", "close", "volume"} - set(df.columns)
+    if missing:
+        raise ValueError(
+            f"{path}: bars need columns open, high, low, close, volume; missing {sorted(missing)}"
+        )
+    if label not in ("start", "end"):
+        raise ValueError(
+            f"label must be 'start' or 'end' (when each bar is stamped), not {label!r}"
+        )
+    ts = _times_ns(df, path, tz, unit)
+    if label == "end":
+        ts = ts - pd.Timedelta(interval).value
+    n = len(df)
+    columns: dict[str, object] = {
+        "ts": ts,
+        "symbol": _symbols(df, path, symbol),
+        "kind": pa.array(["b"] * n, pa.string()),
+        **{k: df[k].to_numpy("float64") for k in ("open", "high", "low", "close")},
+        "volume": df["volume"].to_numpy("int64"),
+    }
+    if "trade_count" in df.columns:
+        columns["trade_count"] = df["trade_count"].to_numpy("int64")
+    if "vwap" in df.columns:
+        columns["vwap"] = df["vwap"].to_numpy("float64")
     return conform(pa.table(columns))
 
 
