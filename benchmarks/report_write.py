@@ -15,8 +15,16 @@ import time
 from pathlib import Path
 
 from benchmarks.common import ES_DAY, Row, es_window, print_report, workdir
-from tradeday.events import MINUTE_NS
-from tradeday.ledger import Batch, Ledger
+from tradeday.events import MINUTE_NS, Side
+from tradeday.ledger import Ledger
+from tradeday.records import (
+    Batch,
+    FillRecord,
+    MarkRecord,
+    OrderRecord,
+    OrderStatus,
+    PositionRecord,
+)
 from tradeday.report import write_report
 
 TARGET_S = 1.0
@@ -52,26 +60,35 @@ def synthetic_ledger(path: Path, orders: int, run_id: str = "bench-report") -> L
         prices[symbol] = round(prices[symbol] + rng.choice((-0.01, 0.0, 0.01)), 2)
         held[symbol] += qty if side == "buy" else -qty
         coid = f"{run_id}-{i + 1}"
-        order = {"client_order_id": coid, "run_id": run_id, "model": "volume_modulo"}
-        order |= {"symbol": symbol, "side": side, "qty": qty, "limit_price": None, "ts": ts}
-        order |= {"status": "filled", "filled_qty": qty, "avg_fill_price": prices[symbol]}
-        order |= {"reason": "", "purpose": "model", "tag": ""}
-        batch.new_orders.append(order)
-        fill = {"run_id": run_id, "model": "volume_modulo", "client_order_id": coid}
-        fill |= {"symbol": symbol, "side": side, "qty": qty, "price": prices[symbol]}
-        batch.fills.append(fill | {"fee": 0.0, "ts": ts})
+        sign = Side(side)
+        batch.new_orders.append(
+            OrderRecord(
+                coid,
+                run_id,
+                "volume_modulo",
+                symbol,
+                sign,
+                qty,
+                ts,
+                OrderStatus.FILLED,
+                filled_qty=qty,
+                avg_fill_price=prices[symbol],
+            )
+        )
+        batch.fills.append(
+            FillRecord(run_id, "volume_modulo", coid, symbol, sign, qty, prices[symbol], 0.0, ts)
+        )
         minute = ts - ts % MINUTE_NS
         if minute > marked:
             marked = minute
-            batch.marks += [
-                {"run_id": run_id, "symbol": s, "ts": minute, "price": p} for s, p in prices.items()
-            ]
+            batch.marks += [MarkRecord(run_id, s, minute, p) for s, p in prices.items()]
         if len(batch.new_orders) >= 1_000 or i == orders - 1:
             ledger.write(batch, run_id)
             batch = Batch()
     positions = [
-        {"run_id": run_id, "symbol": s, "model": "volume_modulo", "qty": q, "avg_price": prices[s]}
-        | {"mark": prices[s], "realized": 0.0, "fees": 0.0, "ts": window.close_ns}
+        PositionRecord(
+            run_id, s, "volume_modulo", q, prices[s], prices[s], 0.0, 0.0, window.close_ns
+        )
         for s, q in held.items()
     ]
     ledger.write(Batch(positions=positions), run_id)

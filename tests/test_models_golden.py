@@ -33,7 +33,7 @@ def ns(text: str) -> int:
 
 
 def rows(result: backtest.BacktestResult) -> list[tuple]:
-    return [(o["symbol"], o["side"], o["qty"], o["ts"], o["purpose"]) for o in result.orders]
+    return [(o.symbol, o.side, o.qty, o.ts, o.purpose) for o in result.orders]
 
 
 def frame(day: date, kind: str) -> pd.DataFrame:
@@ -87,7 +87,7 @@ def test_volume_modulo_on_a_whole_es_day():
         ("ES", "sell", 5, ns("2013-09-03T13:30:00.115+00:00"), "model"),
     ]
     assert result.book.open_positions() == {}
-    assert all(o["status"] == "filled" for o in result.orders)
+    assert all(o.status == "filled" for o in result.orders)
 
 
 # -- opening_momentum (seed 002) -----------------------------------------------------------
@@ -101,7 +101,7 @@ def test_opening_momentum_on_es_shorts_a_flat_first_half_hour():
         ("ES", "buy", 100, ns("2013-09-03T18:51:44.578+00:00"), "flatten"),  # end of data
     ]
     # filled at the next print (1646.75), flattened at the last one (1631.25)
-    assert [(f["price"], f["ts"]) for f in result.fills] == [
+    assert [(f.price, f.ts) for f in result.fills] == [
         (1646.75, ns("2013-09-03T14:00:00.061+00:00")),
         (1631.25, ns("2013-09-03T18:51:44.578+00:00")),
     ]
@@ -127,12 +127,12 @@ def test_opening_momentum_on_bars_buys_the_movers_and_exits_before_the_close():
         sym = bars[bars.symbol == symbol]
         first, at_ten = sym.iloc[0].open, sym[sym.ts >= decide].iloc[0].open
         went_up = at_ten > first * 1.01
-        assert next(o["side"] for o in result.orders if o["symbol"] == symbol) == (
+        assert next(o.side for o in result.orders if o.symbol == symbol) == (
             "buy" if went_up else "sell"
         )
     # every order filled at the open of the next bar
     for order in result.orders:
-        assert order["avg_fill_price"] == next_bar_open(bars, order["symbol"], order["ts"])
+        assert order.avg_fill_price == next_bar_open(bars, order.symbol, order.ts)
     assert result.book.open_positions() == {}
     assert round(result.book.net(), 6) == -29.499
 
@@ -147,7 +147,7 @@ def test_moody_trader_on_es_in_daylight_saving_time():
         ("ES", "sell", 100, ns("2013-09-03T16:00:00.459+00:00"), "model"),  # first print ≥ 12:00
         ("ES", "buy", 50, ns("2013-09-03T18:51:44.578+00:00"), "flatten"),  # data ends first
     ]
-    assert [f["price"] for f in result.fills] == [1646.5, 1638.0, 1631.25]
+    assert [f.price for f in result.fills] == [1646.5, 1638.0, 1631.25]
     assert result.book.net() == -87.5
 
 
@@ -165,7 +165,7 @@ def test_moody_trader_on_bars_in_winter_time():
     )
     bars = frame(BARS_DAY, "b")
     for order in result.orders:
-        assert order["avg_fill_price"] == next_bar_open(bars, order["symbol"], order["ts"])
+        assert order.avg_fill_price == next_bar_open(bars, order.symbol, order.ts)
     assert round(result.book.net(), 6) == 1069.25
 
 
@@ -328,11 +328,11 @@ def test_a_replay_session_writes_exactly_the_backtests_orders_and_fills(session_
         (o.symbol, o.side, o.qty, o.ts, o.purpose, o.status, o.avg_fill_price)
         for o in sorted(orders, key=seq)
     ] == [
-        (o["symbol"], o["side"], o["qty"], o["ts"], o["purpose"], o["status"], o["avg_fill_price"])
+        (o.symbol, o.side, o.qty, o.ts, o.purpose, o.status, o.avg_fill_price)
         for o in expected.orders
     ]
     assert [(f.symbol, f.side, f.qty, f.price, f.ts) for f in fills] == [
-        (f["symbol"], f["side"], f["qty"], f["price"], f["ts"]) for f in expected.fills
+        (f.symbol, f.side, f.qty, f.price, f.ts) for f in expected.fills
     ]
     assert result["net"] == round(expected.book.net(), 6)
     assert result["final_positions"] == {}

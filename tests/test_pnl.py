@@ -13,7 +13,9 @@ import duckdb
 import pytest
 
 from tradeday.book import Book, Position
-from tradeday.ledger import Batch, Ledger
+from tradeday.events import Side
+from tradeday.ledger import Ledger
+from tradeday.records import Batch, FillRecord, MarkRecord, PositionRecord
 from tradeday.report import drawdown_and_sharpe, write_report
 
 CENT = 1e-9  # "to the cent", with room only for float representation
@@ -128,13 +130,15 @@ T0 = 1_672_756_200_000_000_000  # 2023-01-03 14:30 UTC, the open
 MIN = 60_000_000_000
 
 
-def _fill(coid: str, symbol: str, side: str, qty: int, price: float, fee: float, ts: int) -> dict:
-    return dict(
+def _fill(
+    coid: str, symbol: str, side: str, qty: int, price: float, fee: float, ts: int
+) -> FillRecord:
+    return FillRecord(
         run_id="r1",
         model="m",
         client_order_id=coid,
         symbol=symbol,
-        side=side,
+        side=Side(side),
         qty=qty,
         price=price,
         fee=fee,
@@ -165,15 +169,15 @@ def test_report_equity_pnl_and_positions_from_a_ledger(tmp_path: Path):
         _fill("c4", "Y", "buy", 30, 49.00, 0.30, T0 + 3 * MIN + 1),  # minute 3: +20, long 10
     ]
     batch.marks = [
-        {"run_id": "r1", "symbol": "X", "ts": T0, "price": 100.50},
-        {"run_id": "r1", "symbol": "X", "ts": T0 + MIN, "price": 99.00},
-        {"run_id": "r1", "symbol": "Y", "ts": T0 + MIN, "price": 50.50},
+        MarkRecord("r1", "X", T0, 100.50),
+        MarkRecord("r1", "X", T0 + MIN, 99.00),
+        MarkRecord("r1", "Y", T0 + MIN, 50.50),
         # minute 2 has no marks (say no trades): X is marked at its fill, Y carried forward
-        {"run_id": "r1", "symbol": "X", "ts": T0 + 3 * MIN, "price": 101.25},
-        {"run_id": "r1", "symbol": "Y", "ts": T0 + 3 * MIN, "price": 49.40},
+        MarkRecord("r1", "X", T0 + 3 * MIN, 101.25),
+        MarkRecord("r1", "Y", T0 + 3 * MIN, 49.40),
     ]
     batch.positions = [
-        dict(
+        PositionRecord(
             run_id="r1",
             symbol="X",
             model="m",
@@ -184,7 +188,7 @@ def test_report_equity_pnl_and_positions_from_a_ledger(tmp_path: Path):
             fees=2.0,
             ts=T0 + 3 * MIN,
         ),
-        dict(
+        PositionRecord(
             run_id="r1",
             symbol="Y",
             model="m",

@@ -18,7 +18,9 @@ from flows.session import trading_session
 from tradeday import backtest
 from tradeday.brokers.simulated import SimulatedBroker
 from tradeday.config import parse_session_config
-from tradeday.ledger import Batch, Ledger
+from tradeday.events import Side
+from tradeday.ledger import Ledger
+from tradeday.records import Batch, FillRecord, OrderRecord, OrderStatus, PositionRecord
 from tradeday.recovery import recover
 
 pytestmark = pytest.mark.slow
@@ -68,13 +70,13 @@ def test_a_session_writes_its_ledger_to_postgresql(
         len(expected.orders),
     )
     assert [(o.side, o.qty, o.ts, o.status, o.purpose) for o in orders] == [
-        (o["side"], o["qty"], o["ts"], o["status"], o["purpose"]) for o in expected.orders
+        (o.side, o.qty, o.ts, o.status, o.purpose) for o in expected.orders
     ]
     assert [(f.side, f.qty, f.price, f.fee, f.ts) for f in fills] == [
-        (f["side"], f["qty"], f["price"], f["fee"], f["ts"]) for f in expected.fills
+        (f.side, f.qty, f.price, f.fee, f.ts) for f in expected.fills
     ]
     assert [(e.ts, e.qty, e.reason) for e in events] == [
-        (e["ts"], e["qty"], e["reason"]) for e in expected.risk_events
+        (e.ts, e.qty, e.reason) for e in expected.risk_events
     ]
     assert [(p.symbol, p.qty) for p in positions] == [("ES", 0)]
 
@@ -104,41 +106,23 @@ def test_recovery_on_postgresql(ledger_url):
         pid=dead.pid,
     )
     ts = 1_378_215_000_000_000_000
-    order = {
-        "client_order_id": f"{run_id}-1",
-        "run_id": run_id,
-        "model": "volume_modulo",
-        "symbol": "ES",
-        "side": "sell",
-        "qty": 5,
-        "limit_price": None,
-        "ts": ts,
-        "status": "filled",
-        "filled_qty": 5,
-        "avg_fill_price": 1646.5,
-        "reason": "",
-        "purpose": "model",
-        "tag": "",
-    }
-    fill = {k: order[k] for k in ("run_id", "model", "client_order_id", "symbol", "side", "qty")}
-    position = {"run_id": run_id, "symbol": "ES", "model": "volume_modulo", "qty": -5}
-    ledger.write(
-        Batch(
-            new_orders=[order],
-            fills=[{**fill, "price": 1646.5, "fee": 0.0, "ts": ts}],
-            positions=[
-                {
-                    **position,
-                    "avg_price": 1646.5,
-                    "mark": 1640.0,
-                    "realized": 0,
-                    "fees": 0,
-                    "ts": ts,
-                }
-            ],
-        ),
+    order = OrderRecord(
+        f"{run_id}-1",
         run_id,
+        "volume_modulo",
+        "ES",
+        Side.SELL,
+        5,
+        ts,
+        OrderStatus.FILLED,
+        filled_qty=5,
+        avg_fill_price=1646.5,
     )
+    fill = FillRecord(
+        run_id, "volume_modulo", order.client_order_id, "ES", Side.SELL, 5, 1646.5, 0.0, ts
+    )
+    position = PositionRecord(run_id, "ES", "volume_modulo", -5, 1646.5, 1640.0, 0.0, 0.0, ts)
+    ledger.write(Batch(new_orders=[order], fills=[fill], positions=[position]), run_id)
     try:
         (done,) = [r for r in recover(ledger, SimulatedBroker(), "simulated") if r.run_id == run_id]
         assert (done.closed, done.fills, done.left) == ({"ES": 5}, 1, {})

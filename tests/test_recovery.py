@@ -27,7 +27,16 @@ from tests.ledger_probe import session_process
 from tradeday.brokers.alpaca import AlpacaPaperBroker
 from tradeday.brokers.simulated import SimulatedBroker
 from tradeday.config import parse_session_config
-from tradeday.ledger import Batch, Ledger
+from tradeday.events import Side
+from tradeday.ledger import Ledger
+from tradeday.records import (
+    Batch,
+    FillRecord,
+    MarkRecord,
+    OrderRecord,
+    OrderStatus,
+    PositionRecord,
+)
 from tradeday.recovery import recover
 from tradeday.wiring import Credentials, account_of
 
@@ -58,51 +67,31 @@ def start_crashed_run(ledger: Ledger, run_id: str, broker: str, account: str, pi
     )
 
 
-def order_row(run_id: str, n: int, side: str, qty: int, status: str, filled: int, price: float):
-    return {
-        "client_order_id": f"{run_id}-{n}",
-        "run_id": run_id,
-        "model": "volume_modulo",
-        "symbol": "ES",
-        "side": side,
-        "qty": qty,
-        "limit_price": None,
-        "ts": TS + n,
-        "status": status,
-        "filled_qty": filled,
-        "avg_fill_price": price if filled else 0.0,
-        "reason": "",
-        "purpose": "model",
-        "tag": "",
-    }
+def order_row(
+    run_id: str, n: int, side: str, qty: int, status: str, filled: int, price: float
+) -> OrderRecord:
+    return OrderRecord(
+        f"{run_id}-{n}",
+        run_id,
+        "volume_modulo",
+        "ES",
+        Side(side),
+        qty,
+        TS + n,
+        OrderStatus(status),
+        filled_qty=filled,
+        avg_fill_price=price if filled else 0.0,
+    )
 
 
-def fill_row(run_id: str, n: int, side: str, qty: int, price: float) -> dict:
-    return {
-        "run_id": run_id,
-        "model": "volume_modulo",
-        "client_order_id": f"{run_id}-{n}",
-        "symbol": "ES",
-        "side": side,
-        "qty": qty,
-        "price": price,
-        "fee": 0.0,
-        "ts": TS + n,
-    }
+def fill_row(run_id: str, n: int, side: str, qty: int, price: float) -> FillRecord:
+    return FillRecord(
+        run_id, "volume_modulo", f"{run_id}-{n}", "ES", Side(side), qty, price, 0.0, TS + n
+    )
 
 
-def position_row(run_id: str, qty: int, mark: float) -> dict:
-    return {
-        "run_id": run_id,
-        "symbol": "ES",
-        "model": "volume_modulo",
-        "qty": qty,
-        "avg_price": 100.0,
-        "mark": mark,
-        "realized": 0.0,
-        "fees": 0.0,
-        "ts": TS + 9,
-    }
+def position_row(run_id: str, qty: int, mark: float) -> PositionRecord:
+    return PositionRecord(run_id, "ES", "volume_modulo", qty, 100.0, mark, 0.0, 0.0, TS + 9)
 
 
 @pytest.fixture
@@ -154,6 +143,27 @@ def test_simulated_recovery_flattens_from_the_ledger_and_marks_the_run_crashed(l
         "crashed; recovered by td-next; closed {'ES': -7}",
     )
     assert recover(ledger, SimulatedBroker(), "simulated") == []  # done once, not again
+
+
+def test_simulated_recovery_closes_at_the_latest_mark_not_the_last_fill(ledger):
+    minute = 60 * 10**9
+    start_crashed_run(ledger, RUN, "simulated", "simulated", dead_pid())
+    batch = Batch(
+        new_orders=[order_row(RUN, 1, "buy", 10, "filled", 10, 100.0)],
+        fills=[fill_row(RUN, 1, "buy", 10, 100.0)],
+        # the flush after the fill; the minute marks went on for two more minutes
+        positions=[PositionRecord(RUN, "ES", "volume_modulo", 10, 100.0, 100.87, 0.0, 0.0, TS + 2)],
+        marks=[MarkRecord(RUN, "ES", TS, 100.87), MarkRecord(RUN, "ES", TS + minute, 98.29)],
+    )
+    ledger.write(batch, RUN)
+
+    (done,) = recover(ledger, SimulatedBroker(), "simulated", by="td-next")
+
+    assert (done.closed, done.fills, done.left) == ({"ES": -10}, 1, {})
+    (rec,) = [o for o in ledger.orders(RUN) if o.purpose == "recovery"]
+    assert (rec.side, rec.qty, rec.avg_fill_price, rec.ts) == ("sell", 10, 98.29, TS + minute)
+    (pos,) = ledger.positions(RUN)
+    assert (pos.qty, pos.realized, pos.mark) == (0, pytest.approx(-17.1), 98.29)
 
 
 def test_a_live_run_and_other_accounts_are_left_alone(ledger):

@@ -38,8 +38,9 @@ from tradeday.calendar import session_window
 from tradeday.cli import main as cli_main
 from tradeday.config import RiskLimits
 from tradeday.engine import Engine
-from tradeday.events import Bar, Order, Trade, buy, sell
-from tradeday.ledger import Batch, FillRow, Ledger, OrderRow
+from tradeday.events import Bar, Order, Side, Trade, buy, sell
+from tradeday.ledger import FillRow, Ledger, OrderRow
+from tradeday.records import Batch, FillRecord, MarkRecord, OrderRecord, OrderStatus
 from tradeday.report import (
     REPORT_SCHEMA_VERSION,
     TABLES,
@@ -216,12 +217,12 @@ def test_engine_buffers_one_mark_per_symbol_per_minute():
         if i == 2:
             assert engine.take_batch().marks == []  # the minute is still open
     batch = engine.take_batch()
-    assert [(m["symbol"], (m["ts"] - t0) // 1_000_000_000, m["price"]) for m in batch.marks] == [
+    assert [(m.symbol, (m.ts - t0) // 1_000_000_000, m.price) for m in batch.marks] == [
         ("A", 0, 10.25),
         ("B", 0, 20.00),
     ]
     final = engine.take_batch(positions=True)  # the session's last flush closes 14:32
-    assert [(m["symbol"], (m["ts"] - t0) // 1_000_000_000, m["price"]) for m in final.marks] == [
+    assert [(m.symbol, (m.ts - t0) // 1_000_000_000, m.price) for m in final.marks] == [
         ("A", 120, 10.75),
         ("B", 120, 20.50),
     ]
@@ -1062,16 +1063,16 @@ def test_write_time_for_a_day_with_50000_orders(tmp_path: Path):
         price = round(100 + rng.random() * 5, 2)
         coid = f"big-{i}"
         batch.new_orders.append(
-            dict(
+            OrderRecord(
                 client_order_id=coid,
                 run_id="big",
                 model="m",
                 symbol=symbol,
-                side=side,
+                side=Side(side),
                 qty=qty,
                 limit_price=None,
                 ts=ts,
-                status="filled",
+                status=OrderStatus.FILLED,
                 filled_qty=qty,
                 avg_fill_price=price,
                 reason="",
@@ -1080,12 +1081,12 @@ def test_write_time_for_a_day_with_50000_orders(tmp_path: Path):
             )
         )
         batch.fills.append(
-            dict(
+            FillRecord(
                 run_id="big",
                 model="m",
                 client_order_id=coid,
                 symbol=symbol,
-                side=side,
+                side=Side(side),
                 qty=qty,
                 price=price,
                 fee=0.005 * qty,
@@ -1093,9 +1094,7 @@ def test_write_time_for_a_day_with_50000_orders(tmp_path: Path):
             )
         )
     batch.marks = [
-        {"run_id": "big", "symbol": s, "ts": t0 + m * MINUTE_NS, "price": 102.5}
-        for m in range(390)
-        for s in symbols
+        MarkRecord("big", s, t0 + m * MINUTE_NS, 102.5) for m in range(390) for s in symbols
     ]
     ledger.write(batch, "big")
     path = tmp_path / "r.duckdb"

@@ -67,8 +67,8 @@ def play(engine: Engine, ticks: Sequence[tuple[int, float] | tuple[int, float, s
 def outcome(engine: Engine) -> tuple[list[tuple], list[tuple]]:
     """(sent orders, refused orders) as (ts, symbol, side, qty[, reason])."""
     batch = engine.take_batch()
-    sent = [(o["ts"], o["symbol"], o["side"], o["qty"]) for o in batch.new_orders]
-    refused = [(e["ts"], e["symbol"], e["side"], e["qty"], e["reason"]) for e in batch.risk_events]
+    sent = [(o.ts, o.symbol, o.side, o.qty) for o in batch.new_orders]
+    refused = [(e.ts, e.symbol, e.side, e.qty, e.reason) for e in batch.risk_events]
     return sent, refused
 
 
@@ -245,11 +245,11 @@ def test_kill_switch_in_a_session_flattens_stops_and_is_recorded(
         risk=raw["risk"],
     )
     trip = expected.risk_events[-1]
-    assert trip["reason"] == "kill switch: max_daily_loss: net -153.75 is below -150.00"
-    assert expected.stop_reason == trip["reason"]
+    assert trip.reason == "kill switch: max_daily_loss: net -153.75 is below -150.00"
+    assert expected.stop_reason == trip.reason
 
     assert result["status"] == "completed"
-    assert result["message"] == f"ended at {trip['reason']}"
+    assert result["message"] == f"ended at {trip.reason}"
     assert result["final_positions"] == {}
     ledger = Ledger(session_paths["ledger_url"])
     orders = ledger.orders(result["run_id"])
@@ -258,9 +258,9 @@ def test_kill_switch_in_a_session_flattens_stops_and_is_recorded(
     ledger.close()
     # exactly the backtest's orders: the model's until the trip, then the one flatten
     assert [(o.symbol, o.side, o.qty, o.ts, o.purpose, o.tag) for o in orders] == [
-        (o["symbol"], o["side"], o["qty"], o["ts"], o["purpose"], o["tag"]) for o in expected.orders
+        (o.symbol, o.side, o.qty, o.ts, o.purpose, o.tag) for o in expected.orders
     ]
-    assert orders[-1].tag == "kill switch" and orders[-1].ts == trip["ts"]
-    assert all(o.ts <= trip["ts"] for o in orders)
-    assert [(e.ts, e.reason) for e in events] == [(trip["ts"], trip["reason"])]
+    assert orders[-1].tag == "kill switch" and orders[-1].ts == trip.ts
+    assert all(o.ts <= trip.ts for o in orders)
+    assert [(e.ts, e.reason) for e in events] == [(trip.ts, trip.reason)]
     assert sum(f.qty if f.side == "buy" else -f.qty for f in fills) == 0

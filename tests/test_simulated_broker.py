@@ -203,13 +203,13 @@ def test_two_replays_of_the_same_day_fill_identically(tmp_path, open_fixture):
     )
     assert first == [
         (
-            f["client_order_id"].rsplit("-", 1)[1],
-            f["symbol"],
-            f["side"],
-            f["qty"],
-            f["price"],
-            f["fee"],
-            f["ts"],
+            f.client_order_id.rsplit("-", 1)[1],
+            f.symbol,
+            f.side,
+            f.qty,
+            f.price,
+            f.fee,
+            f.ts,
         )
         for f in expected.fills
     ]

@@ -10,7 +10,7 @@ produces. Use it to test a model on recorded data (docs/models.md)::
 
     result = backtest.run({"name": "ma_crossover", "fast_window": 5}, "2023-01-09", ["AAPL"])
     for order in result.orders:
-        print(order["time"], order["side"], order["qty"], order["symbol"], order["tag"])
+        print(order.time, order.side, order.qty, order.symbol, order.tag)
     print(result.book.net())
 """
 
@@ -29,7 +29,8 @@ from tradeday.book import Book
 from tradeday.calendar import session_window
 from tradeday.config import SessionConfig, parse_session_config
 from tradeday.engine import Engine, EngineStats
-from tradeday.events import Bar, SessionWindow, ns_to_datetime
+from tradeday.events import Bar, SessionWindow
+from tradeday.records import FillRecord, OrderRecord, RiskEventRecord
 from tradeday.sources import ReplaySource
 
 RUN_ID = "backtest"
@@ -41,20 +42,16 @@ class BacktestResult:
 
     config: SessionConfig
     window: SessionWindow
-    orders: list[dict[str, Any]]
-    fills: list[dict[str, Any]]
-    risk_events: list[dict[str, Any]]
+    orders: list[OrderRecord]
+    fills: list[FillRecord]
+    risk_events: list[RiskEventRecord]
     book: Book
     stats: EngineStats
     stop_reason: str
 
     def model_orders(self) -> list[tuple[str, str, int, int]]:
         """(symbol, side, qty, tick time ns) of the model's own orders, in the order sent."""
-        return [
-            (o["symbol"], o["side"], o["qty"], o["ts"])
-            for o in self.orders
-            if o["purpose"] == "model"
-        ]
+        return [(o.symbol, o.side, o.qty, o.ts) for o in self.orders if o.purpose == "model"]
 
 
 def run(
@@ -115,9 +112,9 @@ def run_config(
     table = recordings.load(
         path, config.symbols, window.open_ns, window.close_ns, parts.subscriptions.kinds
     )
-    orders: dict[str, dict[str, Any]] = {}
-    fills: list[dict[str, Any]] = []
-    risk_events: list[dict[str, Any]] = []
+    orders: dict[str, OrderRecord] = {}
+    fills: list[FillRecord] = []
+    risk_events: list[RiskEventRecord] = []
     for i, (_, event) in enumerate(recordings.events(table)):
         engine.on_events((event,))
         if engine.stop_requested.is_set() and not engine.open_orders():
@@ -129,12 +126,10 @@ def run_config(
     broker.flush(engine.clock)
     engine.drain()
     _collect(engine, orders, fills, risk_events)
-    for row in orders.values():
-        row["time"] = ns_to_datetime(row["ts"])
     return BacktestResult(
         config=config,
         window=window,
-        orders=sorted(orders.values(), key=lambda o: int(o["client_order_id"].rsplit("-", 1)[1])),
+        orders=sorted(orders.values(), key=lambda o: int(o.client_order_id.rsplit("-", 1)[1])),
         fills=fills,
         risk_events=risk_events,
         book=parts.book,
@@ -145,14 +140,14 @@ def run_config(
 
 def _collect(
     engine: Engine,
-    orders: dict[str, dict[str, Any]],
-    fills: list[dict[str, Any]],
-    risk_events: list[dict[str, Any]],
+    orders: dict[str, OrderRecord],
+    fills: list[FillRecord],
+    risk_events: list[RiskEventRecord],
 ) -> None:
     batch = engine.take_batch()
     for row in batch.new_orders:
-        orders[row["client_order_id"]] = row
+        orders[row.client_order_id] = row
     for update in batch.order_updates:
-        orders[update["client_order_id"]].update(update)
+        orders[update.client_order_id].apply(update)
     fills.extend(batch.fills)
     risk_events.extend(batch.risk_events)

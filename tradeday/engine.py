@@ -8,17 +8,25 @@ tests and backtests call :meth:`on_events` directly).
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from models.base import Model
 from tradeday.book import Book
 from tradeday.brokers.base import Broker, BrokerOrder, ExecType, Execution
 from tradeday.events import MINUTE_NS, Bar, Order, Quote, Side, Trade
-from tradeday.ledger import Batch
+from tradeday.records import (
+    Batch,
+    FillRecord,
+    MarkRecord,
+    OrderRecord,
+    OrderStatus,
+    PositionRecord,
+    RiskEventRecord,
+)
 from tradeday.risk import RiskGate
 
 _NEVER = 2**63  # stop time of an engine that has none
@@ -66,12 +74,12 @@ class Engine:
         self.stop_reason = ""
         self.halt_pending = False
         self._seq = 0
-        self._open: dict[str, dict[str, Any]] = {}
-        self._new_orders: deque[dict[str, Any]] = deque()
+        self._open: dict[str, OrderRecord] = {}
+        self._new_orders: deque[OrderRecord] = deque()
         self._dirty: set[str] = set()
-        self._fills: deque[dict[str, Any]] = deque()
-        self._risk_events: deque[dict[str, Any]] = deque()
-        self._marks: deque[dict[str, Any]] = deque()
+        self._fills: deque[FillRecord] = deque()
+        self._risk_events: deque[RiskEventRecord] = deque()
+        self._marks: deque[MarkRecord] = deque()
         self._next_minute_ns = 0  # end of the tick-time minute in progress (0: none yet)
         self._marked_ns = -1  # start of the last minute whose marks are buffered
         self._lock = threading.Lock()
@@ -177,9 +185,7 @@ class Engine:
             return
         self._marked_ns = minute_ns
         for symbol, price in self.book.marks.items():
-            self._marks.append(
-                {"run_id": self.run_id, "symbol": symbol, "ts": minute_ns, "price": price}
-            )
+            self._marks.append(MarkRecord(self.run_id, symbol, minute_ns, price))
 
     def request_stop(self, reason: str) -> None:
         if not self.stop_requested.is_set():
@@ -194,15 +200,15 @@ class Engine:
             if reason is not None:
                 self.stats.risk_rejections += 1
                 self._risk_events.append(
-                    {
-                        "run_id": self.run_id,
-                        "model": self.model_name,
-                        "ts": self.clock,
-                        "symbol": order.symbol,
-                        "side": order.side.value,
-                        "qty": order.qty,
-                        "reason": reason,
-                    }
+                    RiskEventRecord(
+                        self.run_id,
+                        self.model_name,
+                        self.clock,
+                        order.symbol,
+                        order.side.value,
+                        order.qty,
+                        reason,
+                    )
                 )
                 continue
             self._send(order, purpose="model")
@@ -210,22 +216,18 @@ class Engine:
     def _send(self, order: Order, purpose: str) -> str:
         self._seq += 1
         coid = f"{self.run_id}-{self._seq}"
-        row = {
-            "client_order_id": coid,
-            "run_id": self.run_id,
-            "model": self.model_name,
-            "symbol": order.symbol,
-            "side": order.side.value,
-            "qty": order.qty,
-            "limit_price": order.limit_price,
-            "ts": self.clock,
-            "status": "submitted",
-            "filled_qty": 0,
-            "avg_fill_price": 0.0,
-            "reason": "",
-            "purpose": purpose,
-            "tag": order.tag,
-        }
+        row = OrderRecord(
+            coid,
+            self.run_id,
+            self.model_name,
+            order.symbol,
+            order.side,
+            order.qty,
+            self.clock,
+            limit_price=order.limit_price,
+            purpose=purpose,
+            tag=order.tag,
+        )
         self._open[coid] = row
         self._new_orders.append(row)
         self.stats.orders += 1
@@ -255,15 +257,9 @@ class Engine:
         reason = self.risk.halted_reason or "max_daily_loss"
         self.halt_pending = True
         self._risk_events.append(
-            {
-                "run_id": self.run_id,
-                "model": self.model_name,
-                "ts": self.clock,
-                "symbol": "",
-                "side": "",
-                "qty": 0,
-                "reason": f"kill switch: {reason}",
-            }
+            RiskEventRecord(
+                self.run_id, self.model_name, self.clock, "", "", 0, f"kill switch: {reason}"
+            )
         )
         self._flatten_locked("kill switch")
         self.request_stop(f"kill switch: {reason}")
@@ -275,35 +271,30 @@ class Engine:
         sign = 1 if ex.side is Side.BUY else -1
         if ex.kind in (ExecType.FILL, ExecType.PARTIAL_FILL):
             self.book.apply_fill(ex.symbol, sign * ex.qty, ex.price, ex.fee)
-            filled = row["filled_qty"] + ex.qty
-            row["avg_fill_price"] = (
-                row["avg_fill_price"] * row["filled_qty"] + ex.price * ex.qty
-            ) / filled
-            row["filled_qty"] = filled
+            row.add_fill(ex.qty, ex.price)
             self.risk.order_done(ex.symbol, sign * ex.qty)
             self.stats.fills += 1
             self._fills.append(
-                {
-                    "run_id": self.run_id,
-                    "model": self.model_name,
-                    "client_order_id": ex.client_order_id,
-                    "symbol": ex.symbol,
-                    "side": ex.side.value,
-                    "qty": ex.qty,
-                    "price": ex.price,
-                    "fee": ex.fee,
-                    "ts": self.clock if self.fills_on_tick_time else ex.ts,
-                }
+                FillRecord(
+                    self.run_id,
+                    self.model_name,
+                    ex.client_order_id,
+                    ex.symbol,
+                    ex.side,
+                    ex.qty,
+                    ex.price,
+                    ex.fee,
+                    self.clock if self.fills_on_tick_time else ex.ts,
+                )
             )
-            row["status"] = "filled" if filled >= row["qty"] else "partially_filled"
         elif ex.kind in (ExecType.REJECTED, ExecType.CANCELED):
-            self.risk.order_done(ex.symbol, sign * (row["qty"] - row["filled_qty"]))
-            row["status"] = ex.kind.value
-            row["reason"] = ex.reason[:500]
+            self.risk.order_done(ex.symbol, sign * (row.qty - row.filled_qty))
+            row.status = OrderStatus(ex.kind.value)
+            row.reason = ex.reason[:500]
             if ex.kind is ExecType.REJECTED:
                 self.stats.rejections += 1
         elif ex.kind is ExecType.ACCEPTED:
-            row["status"] = "accepted"
+            row.status = OrderStatus.ACCEPTED
         self._dirty.add(ex.client_order_id)
 
     # -- main thread ----------------------------------------------------------------------
@@ -350,26 +341,15 @@ class Engine:
             new_ids = set()
             while self._new_orders:
                 row = self._new_orders.popleft()
-                new_ids.add(row["client_order_id"])
-                batch.new_orders.append(dict(row))
+                new_ids.add(row.client_order_id)
+                batch.new_orders.append(copy.copy(row))  # the engine goes on changing its own
             for coid in self._dirty:
                 row = self._open.get(coid)
                 if row is not None and coid not in new_ids:
-                    batch.order_updates.append(
-                        {
-                            k: row[k]
-                            for k in (
-                                "client_order_id",
-                                "status",
-                                "filled_qty",
-                                "avg_fill_price",
-                                "reason",
-                            )
-                        }
-                    )
+                    batch.order_updates.append(row.update())
             for coid in self._dirty | new_ids:
                 row = self._open.get(coid)
-                if row is not None and row["status"] in ("filled", "rejected", "canceled"):
+                if row is not None and not row.status.is_open:
                     del self._open[coid]
             self._dirty.clear()
             while self._fills:
@@ -380,25 +360,21 @@ class Engine:
                 batch.marks.append(self._marks.popleft())
             if positions or batch.fills:
                 batch.positions = [
-                    {
-                        "run_id": self.run_id,
-                        "symbol": s,
-                        "model": self.model_name,
-                        "qty": p.qty,
-                        "avg_price": p.avg_price,
-                        "mark": self.book.marks.get(s, p.avg_price),
-                        "realized": p.realized,
-                        "fees": p.fees,
-                        "ts": self.clock,
-                    }
+                    PositionRecord(
+                        self.run_id,
+                        s,
+                        self.model_name,
+                        p.qty,
+                        p.avg_price,
+                        self.book.marks.get(s, p.avg_price),
+                        p.realized,
+                        p.fees,
+                        self.clock,
+                    )
                     for s, p in self.book.positions.items()
                 ]
             return batch
 
     def open_orders(self) -> int:
         with self._lock:
-            return sum(
-                1
-                for r in self._open.values()
-                if r["status"] in ("submitted", "accepted", "partially_filled")
-            )
+            return sum(1 for r in self._open.values() if r.status.is_open)

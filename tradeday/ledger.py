@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import msgspec
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -28,8 +29,22 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.sql import Select
+
+from tradeday.records import (
+    Batch,
+    FillRecord,
+    MarkRecord,
+    OrderRecord,
+    PositionRecord,
+    RiskEventRecord,
+    RunRecords,
+    RunUpdate,
+)
+
+R = TypeVar("R", bound=msgspec.Struct)
 
 SCHEMA_VERSION = 1
 
@@ -135,28 +150,14 @@ class MarkRow(Base):
     price: Mapped[float] = mapped_column(Float)
 
 
-@dataclass
-class Batch:
-    """Rows buffered by the engine between flushes."""
+class WrittenBatchRow(Base):
+    """A batch the ledger holds, by id: what makes a retried or replayed batch land once."""
 
-    new_orders: list[dict[str, Any]] = field(default_factory=list)
-    order_updates: list[dict[str, Any]] = field(default_factory=list)
-    fills: list[dict[str, Any]] = field(default_factory=list)
-    risk_events: list[dict[str, Any]] = field(default_factory=list)
-    positions: list[dict[str, Any]] = field(default_factory=list)
-    marks: list[dict[str, Any]] = field(default_factory=list)
-    run_update: dict[str, Any] = field(default_factory=dict)
+    __tablename__ = "written_batches"
 
-    def __bool__(self) -> bool:
-        return bool(
-            self.new_orders
-            or self.order_updates
-            or self.fills
-            or self.risk_events
-            or self.positions
-            or self.marks
-            or self.run_update
-        )
+    batch_id: Mapped[str] = mapped_column(String(96), primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(64), index=True)
+    written_ns: Mapped[int] = mapped_column(BigInteger)
 
 
 LIVE_STATUSES = ("running",)
@@ -169,11 +170,20 @@ def _prepare_sqlite(url: str) -> None:
 
 
 class Ledger:
+    """The ledger database; use it as ``with Ledger(url) as ledger:`` so it is closed."""
+
     def __init__(self, url: str) -> None:
         _prepare_sqlite(url)
         self.url = url
-        self.engine: Engine = create_engine(url, future=True)
+        # pre-ping: a pooled connection that a restarted PostgreSQL dropped is replaced
+        self.engine: Engine = create_engine(url, future=True, pool_pre_ping=True)
         Base.metadata.create_all(self.engine)
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def close(self) -> None:
         self.engine.dispose()
@@ -185,35 +195,39 @@ class Ledger:
         with Session(self.engine) as s, s.begin():
             s.execute(insert(RunRow), [values])
 
-    def write(self, batch: Batch, run_id: str) -> None:
-        """Store a batch atomically; the run's heartbeat and counters ride along."""
+    def write(self, batch: Batch, run_id: str) -> bool:
+        """Store a batch atomically; False if its ``batch_id`` says the ledger already has it."""
         if not batch:
-            return
+            return True
         with Session(self.engine) as s, s.begin():
+            if batch.batch_id:
+                if s.get(WrittenBatchRow, batch.batch_id) is not None:
+                    return False
+                s.add(
+                    WrittenBatchRow(
+                        batch_id=batch.batch_id, run_id=run_id, written_ns=time.time_ns()
+                    )
+                )
             if batch.new_orders:
-                s.execute(insert(OrderRow), batch.new_orders)
+                s.execute(insert(OrderRow), _dicts(batch.new_orders))
             if batch.order_updates:
-                s.execute(update(OrderRow), batch.order_updates)
+                s.execute(update(OrderRow), _dicts(batch.order_updates))
             if batch.fills:
-                s.execute(insert(FillRow), batch.fills)
+                s.execute(insert(FillRow), _dicts(batch.fills))
             if batch.risk_events:
-                s.execute(insert(RiskEventRow), batch.risk_events)
-            for row in batch.positions:
+                s.execute(insert(RiskEventRow), _dicts(batch.risk_events))
+            for row in _dicts(batch.positions):
                 s.merge(PositionRow(**row))
             if batch.marks:
-                s.execute(insert(MarkRow), batch.marks)
-            if batch.run_update:
-                s.execute(update(RunRow).where(RunRow.run_id == run_id).values(**batch.run_update))
+                s.execute(insert(MarkRow), _dicts(batch.marks))
+            if batch.run_update is not None and (values := batch.run_update.values()):
+                s.execute(update(RunRow).where(RunRow.run_id == run_id).values(**values))
+        return True
 
     def finish_run(
         self, run_id: str, status: str, message: str, ended_ns: int, counters: dict
     ) -> None:
-        with Session(self.engine) as s, s.begin():
-            s.execute(
-                update(RunRow)
-                .where(RunRow.run_id == run_id)
-                .values(status=status, message=message[:1000], ended_ns=ended_ns, counters=counters)
-            )
+        self.write(Batch(run_update=final_update(status, message, ended_ns, counters)), run_id)
 
     def run(self, run_id: str) -> RunRow | None:
         with Session(self.engine) as s:
@@ -226,35 +240,37 @@ class Ledger:
         with Session(self.engine) as s:
             return list(s.scalars(stmt))
 
-    def orders(self, run_id: str) -> list[OrderRow]:
-        with Session(self.engine) as s:
-            return list(
-                s.scalars(
-                    select(OrderRow)
-                    .where(OrderRow.run_id == run_id)
-                    .order_by(OrderRow.ts, OrderRow.client_order_id)
-                )
-            )
+    def orders(self, run_id: str) -> list[OrderRecord]:
+        with self.engine.connect() as conn:
+            return _orders(conn, run_id)
 
-    def fills(self, run_id: str) -> list[FillRow]:
-        with Session(self.engine) as s:
-            return list(
-                s.scalars(select(FillRow).where(FillRow.run_id == run_id).order_by(FillRow.id))
-            )
+    def fills(self, run_id: str) -> list[FillRecord]:
+        with self.engine.connect() as conn:
+            return _fills(conn, run_id)
 
-    def risk_events(self, run_id: str) -> list[RiskEventRow]:
-        with Session(self.engine) as s:
-            return list(
-                s.scalars(
-                    select(RiskEventRow)
-                    .where(RiskEventRow.run_id == run_id)
-                    .order_by(RiskEventRow.id)
-                )
-            )
+    def risk_events(self, run_id: str) -> list[RiskEventRecord]:
+        t = RiskEventRow.__table__
+        stmt = select(t).where(t.c.run_id == run_id).order_by(t.c.id)
+        with self.engine.connect() as conn:
+            return _records(conn, stmt, RiskEventRecord)
 
-    def positions(self, run_id: str) -> list[PositionRow]:
-        with Session(self.engine) as s:
-            return list(s.scalars(select(PositionRow).where(PositionRow.run_id == run_id)))
+    def positions(self, run_id: str) -> list[PositionRecord]:
+        with self.engine.connect() as conn:
+            return _positions(conn, run_id)
+
+    def marks(self, run_id: str) -> list[MarkRecord]:
+        with self.engine.connect() as conn:
+            return _marks(conn, run_id)
+
+    def run_records(self, run_id: str) -> RunRecords:
+        """A run's orders, fills, positions and marks, read once in one transaction."""
+        with self.engine.connect() as conn, conn.begin():
+            return RunRecords(
+                _orders(conn, run_id),
+                _fills(conn, run_id),
+                _positions(conn, run_id),
+                _marks(conn, run_id),
+            )
 
     def unfinished_runs(self, broker: str, account: str) -> list[RunRow]:
         """Runs on this broker account still marked running: live elsewhere, or crashed."""
@@ -271,3 +287,40 @@ class Ledger:
                 .where(RunRow.run_id.in_(list(run_ids)))
                 .values(status=status, message=message[:1000], ended_ns=ended_ns)
             )
+
+
+def final_update(status: str, message: str, ended_ns: int, counters: dict) -> RunUpdate:
+    """The run row's last change: its final status, why, when, and its counters."""
+    return RunUpdate(status=status, message=message, ended_ns=ended_ns, counters=counters)
+
+
+def _dicts(records: Sequence[msgspec.Struct]) -> list[dict[str, Any]]:
+    return [msgspec.structs.asdict(r) for r in records]
+
+
+def _records(conn: Connection, stmt: Select, record: type[R]) -> list[R]:
+    """Rows as typed records, converted in bulk (enums from their strings)."""
+    return msgspec.convert(list(conn.execute(stmt)), list[record], from_attributes=True)
+
+
+def _orders(conn: Connection, run_id: str) -> list[OrderRecord]:
+    t = OrderRow.__table__
+    stmt = select(t).where(t.c.run_id == run_id).order_by(t.c.ts, t.c.client_order_id)
+    return _records(conn, stmt, OrderRecord)
+
+
+def _fills(conn: Connection, run_id: str) -> list[FillRecord]:
+    t = FillRow.__table__
+    return _records(conn, select(t).where(t.c.run_id == run_id).order_by(t.c.id), FillRecord)
+
+
+def _positions(conn: Connection, run_id: str) -> list[PositionRecord]:
+    t = PositionRow.__table__
+    stmt = select(t).where(t.c.run_id == run_id).order_by(t.c.symbol)
+    return _records(conn, stmt, PositionRecord)
+
+
+def _marks(conn: Connection, run_id: str) -> list[MarkRecord]:
+    t = MarkRow.__table__
+    stmt = select(t).where(t.c.run_id == run_id).order_by(t.c.ts, t.c.symbol)
+    return _records(conn, stmt, MarkRecord)

@@ -13,7 +13,11 @@ start, and from ``flatten-now``, every such run on the same broker account is re
    so its ledger is all there is: its unfinished orders are marked cancelled.
 2. **Flatten from the ledger.** The run's positions are rebuilt from its fills and closed
    with offsetting orders named ``<run_id>-recover-<symbol>-<attempt>``; a recovery that
-   itself crashed is found at the broker by step 1, so it is never sent twice.
+   itself crashed is found at the broker by step 1, so it is never sent twice. The
+   simulator fills them at each symbol's latest known price (:func:`latest_prices`).
+
+The run's rows are read once (:meth:`Ledger.run_records`); recovery's own changes are
+kept in memory alongside them.
 3. **Record and close the run**: orders, fills and positions go to the ledger and the run
    is marked ``crashed``. Other runs of the account are never touched (never the whole
    account, which other models may share).
@@ -28,25 +32,33 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from tradeday.book import Book, Position
 from tradeday.brokers.base import Broker, BrokerOrder, ExecType, OrderHistory
-from tradeday.events import NS_PER_S, Side
-from tradeday.ledger import Batch, Ledger, OrderRow, RunRow
+from tradeday.events import MINUTE_NS, NS_PER_S, Side
+from tradeday.ledger import Ledger, RunRow
+from tradeday.records import (
+    Batch,
+    FillRecord,
+    OrderRecord,
+    OrderStatus,
+    OrderUpdate,
+    PositionRecord,
+    RunRecords,
+)
 
 log = logging.getLogger(__name__)
 
 STALE_AFTER_S = 120.0
-_OPEN = ("submitted", "accepted", "partially_filled")
-_LEDGER_STATUS = {
-    "filled": "filled",
-    "partially_filled": "partially_filled",
-    "canceled": "canceled",
-    "expired": "canceled",
-    "replaced": "canceled",
-    "rejected": "rejected",
+_LEDGER_STATUS = {  # an Alpaca order status as the ledger records it
+    "filled": OrderStatus.FILLED,
+    "partially_filled": OrderStatus.PARTIALLY_FILLED,
+    "canceled": OrderStatus.CANCELED,
+    "expired": OrderStatus.CANCELED,
+    "replaced": OrderStatus.CANCELED,
+    "rejected": OrderStatus.REJECTED,
 }
 
 
@@ -101,69 +113,69 @@ def _recover_run(
 ) -> Recovered:
     rec = Recovered(run.run_id)
     deadline = time.monotonic() + timeout_s
-    replayed = _replay_clock(ledger, run)
+    rows = ledger.run_records(run.run_id)  # the only read: what follows is kept in memory
+    orders = {o.client_order_id: o for o in rows.orders}
+    fills = list(rows.fills)
+    replayed = _replay_clock(run, rows)
     batch = Batch()
     if isinstance(broker, OrderHistory):
-        rec.synced = _sync_from_broker(ledger, broker, run, batch, deadline, replayed)
+        rec.synced = _sync_from_broker(broker, run, rows, batch, deadline, replayed)
     else:
-        for order in ledger.orders(run.run_id):
-            if order.status in _OPEN:
+        for order in rows.orders:
+            if order.status.is_open:
                 batch.order_updates.append(
-                    _update(
-                        order,
-                        "canceled",
+                    OrderUpdate(
+                        order.client_order_id,
+                        OrderStatus.CANCELED,
                         order.filled_qty,
                         order.avg_fill_price,
                         "lost in the crash",
                     )
                 )
     ledger.write(batch, run.run_id)
+    for order in batch.new_orders:
+        orders[order.client_order_id] = order
+    for change in batch.order_updates:
+        orders[change.client_order_id].apply(change)
+    fills += batch.fills
 
-    book, marks = _book(ledger, run.run_id)
+    book = _book(fills)
+    prices = latest_prices(rows, fills)
     attempts: dict[str, int] = {}
-    for order in ledger.orders(run.run_id):
+    for order in orders.values():
         if order.purpose == "recovery":
             attempts[order.symbol] = attempts.get(order.symbol, 0) + 1
     batch = Batch()
-    orders: dict[str, dict[str, Any]] = {}
+    sent: dict[str, OrderRecord] = {}
     now = replayed or time.time_ns()
     for symbol, qty in sorted(book.open_positions().items()):
         coid = f"{run.run_id}-recover-{symbol}-{attempts.get(symbol, 0) + 1}"
         side = Side.SELL if qty > 0 else Side.BUY
         rec.closed[symbol] = -qty
         if broker.find_order(coid) is None:
-            broker.set_mark(symbol, marks[symbol])
+            broker.set_mark(symbol, prices[symbol])  # the simulator fills at the latest price
             broker.submit(BrokerOrder(coid, symbol, side, abs(qty), now))
-        orders[coid] = {
-            "client_order_id": coid,
-            "run_id": run.run_id,
-            "model": run.model,
-            "symbol": symbol,
-            "side": side.value,
-            "qty": abs(qty),
-            "limit_price": None,
-            "ts": now,
-            "status": "submitted",
-            "filled_qty": 0,
-            "avg_fill_price": 0.0,
-            "reason": f"recovery after a crash, by {by}",
-            "purpose": "recovery",
-            "tag": "recovery",
-        }
+        sent[coid] = OrderRecord(
+            coid,
+            run.run_id,
+            run.model,
+            symbol,
+            side,
+            abs(qty),
+            now,
+            reason=f"recovery after a crash, by {by}",
+            purpose="recovery",
+            tag="recovery",
+        )
     broker.flush(now)
-    while any(o["status"] in _OPEN for o in orders.values()):
+    while any(o.status.is_open for o in sent.values()):
         while broker.executions:
             ex = broker.executions.popleft()
-            row = orders.get(ex.client_order_id)
-            if row is None:
+            order = sent.get(ex.client_order_id)
+            if order is None:
                 continue
             if ex.kind in (ExecType.FILL, ExecType.PARTIAL_FILL):
-                filled = row["filled_qty"] + ex.qty
-                row["avg_fill_price"] = (
-                    row["avg_fill_price"] * row["filled_qty"] + ex.price * ex.qty
-                ) / filled
-                row["filled_qty"] = filled
-                row["status"] = "filled" if filled >= row["qty"] else "partially_filled"
+                order.add_fill(ex.qty, ex.price)
                 rec.fills += 1
                 batch.fills.append(
                     _fill(
@@ -171,17 +183,19 @@ def _recover_run(
                     )
                 )
             elif ex.kind in (ExecType.REJECTED, ExecType.CANCELED):
-                row["status"] = ex.kind.value
-                row["reason"] = f"{row['reason']}: {ex.reason}"[:500]
+                order.status = OrderStatus(ex.kind.value)
+                order.reason = f"{order.reason}: {ex.reason}"[:500]
         if time.monotonic() >= deadline:
             break
         time.sleep(0.02)
-    batch.new_orders = list(orders.values())
+    batch.new_orders = list(sent.values())
     ledger.write(batch, run.run_id)
 
-    book, marks = _book(ledger, run.run_id)
+    for f in batch.fills:
+        book.apply_fill(f.symbol, f.signed_qty, f.price, f.fee)
+    prices = latest_prices(rows, fills + batch.fills)
     batch = Batch(
-        positions=[_position(run, s, p, marks[s], now) for s, p in book.positions.items()]
+        positions=[_position(run, s, p, prices[s], now) for s, p in book.positions.items()]
     )
     ledger.write(batch, run.run_id)
     rec.left = book.open_positions()
@@ -196,21 +210,43 @@ def _recover_run(
     return rec
 
 
-def _replay_clock(ledger: Ledger, run: RunRow) -> int | None:
+def _replay_clock(run: RunRow, rows: RunRecords) -> int | None:
     """A replayed run's last tick time, to stamp recovery's rows on the run's own clock.
 
     The broker's times are wall-clock, years off a replay's ticks; a live run (None) keeps them.
     """
     if run.feed != "replay":
         return None
-    stamps = [o.ts for o in ledger.orders(run.run_id)] + [f.ts for f in ledger.fills(run.run_id)]
-    return max(stamps, default=0) or None
+    stamps = [o.ts for o in rows.orders] + [f.ts for f in rows.fills]
+    return max(stamps + [m.ts for m in rows.marks], default=0) or None
+
+
+def latest_prices(rows: RunRecords, fills: Sequence[FillRecord]) -> dict[str, float]:
+    """Each symbol's latest known price: the newest of its minute marks, position marks, fills.
+
+    A crashed run's last fill can be long before its last tick; the ledger's minute marks
+    (stamped at the minute's end here) and the last flushed positions know later prices.
+    On equal times a position's mark wins over a minute mark, and both over a fill.
+    """
+    latest: dict[str, tuple[int, float]] = {}
+
+    def offer(symbol: str, ts: int, price: float) -> None:
+        if symbol not in latest or ts >= latest[symbol][0]:
+            latest[symbol] = (ts, price)
+
+    for f in fills:
+        offer(f.symbol, f.ts, f.price)
+    for m in rows.marks:
+        offer(m.symbol, m.ts + MINUTE_NS, m.price)
+    for p in rows.positions:
+        offer(p.symbol, p.ts, p.mark)
+    return {symbol: price for symbol, (_, price) in latest.items()}
 
 
 def _sync_from_broker(
-    ledger: Ledger,
     broker: OrderHistory,
     run: RunRow,
+    rows: RunRecords,
     batch: Batch,
     deadline: float,
     replayed: int | None,
@@ -224,40 +260,39 @@ def _sync_from_broker(
     while any(o.working for o in at_broker) and time.monotonic() < deadline:
         time.sleep(0.05)
         at_broker = broker.orders_of(prefix, run.started_ns)
-    known = {o.client_order_id: o for o in ledger.orders(run.run_id)}
+    known = {o.client_order_id: o for o in rows.orders}
     filled: dict[str, tuple[int, float]] = {}
-    for f in ledger.fills(run.run_id):
+    for f in rows.fills:
         qty, notional = filled.get(f.client_order_id, (0, 0.0))
         filled[f.client_order_id] = (qty + f.qty, notional + f.qty * f.price)
     changes = 0
     for order in at_broker:
         cid = order.client_order_id
-        status = _LEDGER_STATUS.get(order.status, "accepted")
+        status = _LEDGER_STATUS.get(order.status, OrderStatus.ACCEPTED)
         row = known.pop(cid, None)
         if row is None:
             changes += 1
             batch.new_orders.append(
-                {
-                    "client_order_id": cid,
-                    "run_id": run.run_id,
-                    "model": run.model,
-                    "symbol": order.symbol,
-                    "side": order.side.value,
-                    "qty": order.qty,
-                    "limit_price": None,
-                    "ts": replayed or order.submitted_ns,
-                    "status": status,
-                    "filled_qty": order.filled_qty,
-                    "avg_fill_price": order.filled_avg_price,
-                    "reason": "sent before the crash; recorded from the broker",
-                    "purpose": "recovery" if "-recover-" in cid else "model",
-                    "tag": "from broker",
-                }
+                OrderRecord(
+                    cid,
+                    run.run_id,
+                    run.model,
+                    order.symbol,
+                    order.side,
+                    order.qty,
+                    replayed or order.submitted_ns,
+                    status,
+                    filled_qty=order.filled_qty,
+                    avg_fill_price=order.filled_avg_price,
+                    reason="sent before the crash; recorded from the broker",
+                    purpose="recovery" if "-recover-" in cid else "model",
+                    tag="from broker",
+                )
             )
         elif (row.status, row.filled_qty) != (status, order.filled_qty):
             changes += 1
             batch.order_updates.append(
-                _update(row, status, order.filled_qty, order.filled_avg_price, row.reason)
+                OrderUpdate(cid, status, order.filled_qty, order.filled_avg_price, row.reason)
             )
         qty, notional = filled.get(cid, (0, 0.0))
         missing = order.filled_qty - qty
@@ -277,36 +312,26 @@ def _sync_from_broker(
                 )
             )
     for row in known.values():
-        if row.status in _OPEN:
+        if row.status.is_open:
             changes += 1
             batch.order_updates.append(
-                _update(
-                    row, "rejected", row.filled_qty, row.avg_fill_price, "never reached the broker"
+                OrderUpdate(
+                    row.client_order_id,
+                    OrderStatus.REJECTED,
+                    row.filled_qty,
+                    row.avg_fill_price,
+                    "never reached the broker",
                 )
             )
     return changes
 
 
-def _book(ledger: Ledger, run_id: str) -> tuple[Book, dict[str, float]]:
-    """The run's positions rebuilt from its fills, and a mark per symbol."""
+def _book(fills: Sequence[FillRecord]) -> Book:
+    """The run's positions rebuilt from its fills."""
     book = Book()
-    marks = {p.symbol: p.mark for p in ledger.positions(run_id)}
-    for f in ledger.fills(run_id):
-        book.apply_fill(f.symbol, f.qty if f.side == "buy" else -f.qty, f.price, f.fee)
-        marks[f.symbol] = marks.get(f.symbol) or f.price
-    return book, marks
-
-
-def _update(
-    row: OrderRow, status: str, filled_qty: int, avg_price: float, reason: str
-) -> dict[str, Any]:
-    return {
-        "client_order_id": row.client_order_id,
-        "status": status,
-        "filled_qty": filled_qty,
-        "avg_fill_price": avg_price,
-        "reason": reason[:500],
-    }
+    for f in fills:
+        book.apply_fill(f.symbol, f.signed_qty, f.price, f.fee)
+    return book
 
 
 def _fill(
@@ -318,29 +343,11 @@ def _fill(
     price: float,
     fee: float,
     ts: int,
-) -> dict[str, Any]:
-    return {
-        "run_id": run.run_id,
-        "model": run.model,
-        "client_order_id": coid,
-        "symbol": symbol,
-        "side": side.value,
-        "qty": qty,
-        "price": price,
-        "fee": fee,
-        "ts": ts,
-    }
+) -> FillRecord:
+    return FillRecord(run.run_id, run.model, coid, symbol, side, qty, price, fee, ts)
 
 
-def _position(run: RunRow, symbol: str, pos: Position, mark: float, now: int) -> dict[str, Any]:
-    return {
-        "run_id": run.run_id,
-        "symbol": symbol,
-        "model": run.model,
-        "qty": pos.qty,
-        "avg_price": pos.avg_price,
-        "mark": mark,
-        "realized": pos.realized,
-        "fees": pos.fees,
-        "ts": now,
-    }
+def _position(run: RunRow, symbol: str, pos: Position, mark: float, now: int) -> PositionRecord:
+    return PositionRecord(
+        run.run_id, symbol, run.model, pos.qty, pos.avg_price, mark, pos.realized, pos.fees, now
+    )

@@ -29,6 +29,7 @@ from tradeday.events import Bar, SessionWindow, ns_to_datetime
 from tradeday.feed import StreamFeed
 from tradeday.ledger import Ledger
 from tradeday.outcome import SessionResult
+from tradeday.records import RunUpdate
 from tradeday.sources import NO_DATA_AFTER_S, Source, make_source
 from tradeday.wiring import Credentials
 
@@ -214,7 +215,7 @@ class TradingSession:
         """Write what the engine buffered; runs on the main thread, never per tick."""
         assert self.ledger is not None, "flush() before start()"
         batch = self.engine.take_batch(positions=positions)
-        batch.run_update = {"heartbeat_ns": time.time_ns(), "counters": self.counters()}
+        batch.run_update = RunUpdate(heartbeat_ns=time.time_ns(), counters=self.counters())
         self.ledger.write(batch, self.run_id)
         if self.on_progress is not None and self.engine.clock:
             span = self.stop_at_ns - self.window.open_ns
