@@ -1,4 +1,4 @@
-"""Peek at a ledger another process is writing, for tests that stop a running session."""
+"""Peek at a ledger another process is writing, or lock it, for tests that disturb a session."""
 
 from __future__ import annotations
 
@@ -87,3 +87,35 @@ def session_process(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+_LOCKER = """
+import sqlite3, sys
+con = sqlite3.connect(sys.argv[1], isolation_level=None)
+con.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+sys.stdin.readline()
+con.execute("COMMIT")
+"""
+
+
+@contextmanager
+def sqlite_locked(path: Path) -> Iterator[subprocess.Popen]:
+    """Another process holds ``BEGIN EXCLUSIVE`` on the SQLite file until the block ends.
+
+    No other connection can read or write it meanwhile (SQLite's rollback journal mode):
+    what a user's ``sqlite3`` shell in a transaction, or a backup tool, does to a ledger.
+    """
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _LOCKER, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "locked\n"
+        yield proc
+    finally:
+        if proc.stdin is not None:
+            proc.stdin.close()  # the locker commits and exits
+        proc.wait(timeout=30)

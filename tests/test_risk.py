@@ -109,6 +109,41 @@ def test_max_position_counts_orders_in_flight_and_lets_a_position_shrink():
     assert eng.book.qty("A") == -25
 
 
+def test_after_a_long_ledger_outage_only_orders_that_reduce_a_position_pass():
+    script = {
+        1: [buy("A", 10)],
+        2: [buy("A", 5)],  # the ledger has refused writes for exactly the limit: allowed
+        3: [sell("A", 4), buy("A", 1)],  # past the limit: the sell reduces, the buy grows
+        4: [buy("A", 1)],  # the ledger took the rows again
+    }
+    eng = make(script, max_ledger_outage_minutes=5)
+    play(eng, [(1, 100.0)])
+    eng.risk.ledger_outage_s = 5 * 60
+    play(eng, [(2, 100.0)])
+    eng.risk.ledger_outage_s = 5 * 60 + 1
+    play(eng, [(3, 100.0)])
+    eng.risk.ledger_outage_s = 0.0
+    play(eng, [(4, 100.0), (5, 100.0)])
+    sent, refused = outcome(eng)
+    assert sent == [
+        (1, "A", "buy", 10),
+        (2, "A", "buy", 5),
+        (3, "A", "sell", 4),
+        (4, "A", "buy", 1),
+    ]
+    assert refused == [
+        (
+            3,
+            "A",
+            "buy",
+            1,
+            "max_ledger_outage_minutes: the ledger has refused writes for 5.0 min: "
+            "only orders that reduce a position",
+        )
+    ]
+    assert eng.book.qty("A") == 12
+
+
 def test_max_gross_notional_sums_every_symbol_at_its_mark():
     script = {
         1: [buy("A", 10)],  # A: 10 x 100 = 1,000

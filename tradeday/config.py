@@ -151,6 +151,13 @@ class RiskLimits(BaseModel):
         title="Max daily loss",
         description="Kill switch: flatten and stop for the day",
     )
+    max_ledger_outage_minutes: float = Field(
+        10.0,
+        gt=0,
+        title="Max ledger outage (minutes)",
+        description="After the ledger refuses writes this long, only orders that reduce a "
+        "position pass; the rows wait in memory, then in the local journal",
+    )
 
 
 class SessionConfig(BaseModel):

@@ -8,7 +8,8 @@ limits run on tick time, so a replay refuses exactly what the same day live woul
 Exposure counts orders still in flight as if filled: the book's position plus what is
 pending, per symbol, valued at the last mark. An order that does not increase its
 symbol's absolute exposure is never refused by the position, notional or capital limits,
-so a model can always get out. The kill switch (:meth:`RiskGate.check_loss`) halts the
+so a model can always get out; after a ledger outage longer than
+``max_ledger_outage_minutes`` only such orders pass. The kill switch (:meth:`RiskGate.check_loss`) halts the
 gate for the rest of the day; the engine then flattens and stops.
 """
 
@@ -28,6 +29,8 @@ class RiskGate:
         self.pending: dict[str, int] = {}
         self.halted_reason: str | None = None
         self.counts: dict[str, int] = {}
+        # set by the session from its ledger writer: past the limit, nothing may open
+        self.ledger_outage_s = 0.0
         self._recent: deque[int] = deque()
 
     def check(self, order: Order, price: float, ts: int) -> str | None:
@@ -61,6 +64,11 @@ class RiskGate:
         after = current + order.signed_qty
         if abs(after) <= abs(current):
             return None
+        if self.ledger_outage_s > lim.max_ledger_outage_minutes * 60:
+            return (
+                f"max_ledger_outage_minutes: the ledger has refused writes for "
+                f"{self.ledger_outage_s / 60:.1f} min: only orders that reduce a position"
+            )
         if abs(after) > lim.max_position:
             return f"max_position: position {after} would exceed {lim.max_position}"
         gross = self._exposure_without(symbol) + abs(after) * price
