@@ -39,11 +39,8 @@ def flatten_now(
     )  # refuses alpaca without keys
     account = account_of(config, credentials)
     closed = close_account(config, credentials) if broker.owns_account else {}
-    ledger = Ledger(ledger_url)
-    try:
+    with Ledger(ledger_url) as ledger:
         live = [r.run_id for r in ledger.unfinished_runs(broker.kind, account)]
-    finally:
-        ledger.close()
     if live:
         logger.info("left alone (still running, cancel them to flatten): %s", ", ".join(live))
     rows = "\n".join(f"| {r['run_id']} | {r['closed'] or 'nothing'} |" for r in recovered)

@@ -19,6 +19,7 @@ from prefect.states import Completed, Failed
 from tasks.reporting import end_of_day_report as write_session_report
 from tradeday.calendar import exchange_today
 from tradeday.config import SessionConfig
+from tradeday.journal import replay_journal
 from tradeday.ledger import Ledger
 from tradeday.report import ReportError, shell_command, summary_markdown_for
 
@@ -35,11 +36,11 @@ def end_of_day_report(
     """Write the DuckDB report for every run of ``session_date`` (default: today in New York)."""
     logger = get_run_logger()
     day = session_date or exchange_today()
-    ledger = Ledger(ledger_url)
-    try:
+    with Ledger(ledger_url) as ledger:
+        replayed = replay_journal(ledger)  # rows sessions could not write before they ended
         runs = ledger.runs(day.isoformat())
-    finally:
-        ledger.close()
+    if replayed:
+        logger.warning("wrote %d journaled batches into the ledger first", replayed)
     running = [r.run_id for r in runs if r.status == "running"]
     if running:
         logger.warning("still running, reported as of their last flush: %s", ", ".join(running))

@@ -21,28 +21,30 @@ def recover_crashed_runs(
 ) -> list[dict]:
     """``by`` names who recovers (e.g. "flatten-now"), for the crashed run's message.
 
+    Journaled rows of runs that ended with the ledger unreachable are written first
+    (:func:`tradeday.recovery.recover` replays the journal).
+
     Each recovered run is then written into ``config.report_path``, so the DuckDB report
     shows the crashed session, its recovery fills and its P&L without waiting for the
     end-of-day report. A report that cannot be written now is deferred or logged, never
     raised (tradeday.report_delivery): the positions are already closed.
     """
     logger = get_run_logger()
-    ledger = Ledger(config.ledger_url)
     broker = make_broker(config, credentials)
-    try:
-        done = recover(ledger, broker, account_of(config, credentials), by=by)
-        for rec in done:
-            logger.warning(
-                "recovered crashed run %s: closed %s", rec.run_id, rec.closed or "nothing"
-            )
-            run = ledger.run(rec.run_id)
-            if run is not None and run.flow_run_id:
-                mark_flow_run_crashed(run.flow_run_id, run.message)
-            delivery = deliver_report(config.ledger_url, rec.run_id, config.report_path)
-            logger.info("crashed run %s: %s", rec.run_id, delivery.message())
-    finally:
-        broker.close()
-        ledger.close()
+    with Ledger(config.ledger_url) as ledger:
+        try:
+            done = recover(ledger, broker, account_of(config, credentials), by=by)
+            for rec in done:
+                logger.warning(
+                    "recovered crashed run %s: closed %s", rec.run_id, rec.closed or "nothing"
+                )
+                run = ledger.run(rec.run_id)
+                if run is not None and run.flow_run_id:
+                    mark_flow_run_crashed(run.flow_run_id, run.message)
+                delivery = deliver_report(config.ledger_url, rec.run_id, config.report_path)
+                logger.info("crashed run %s: %s", rec.run_id, delivery.message())
+        finally:
+            broker.close()
     if not done:
         logger.info("no crashed runs to recover")
     return [{"run_id": r.run_id, "closed": r.closed, "fills": r.fills} for r in done]

@@ -201,9 +201,30 @@ def start_prefect_server() -> Callable[..., Any]:
     return run_prefect_server
 
 
+@dataclass
+class PostgresCluster:
+    """A throwaway PostgreSQL 15 cluster; ``stop``/``start`` are pg_ctl's, for outage tests."""
+
+    url: str  # SQLAlchemy URL of its ``postgres`` database
+    pg_ctl: list[str]
+    options: str
+    log: Path
+
+    def start(self) -> None:
+        subprocess.run(
+            [*self.pg_ctl, "-o", self.options, "-l", str(self.log), "start"],
+            check=True,
+            capture_output=True,
+            timeout=90,
+        )
+
+    def stop(self) -> None:
+        subprocess.run([*self.pg_ctl, "-m", "fast", "stop"], capture_output=True, timeout=90)
+
+
 @pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A throwaway PostgreSQL 15 cluster in a temp dir; the SQLAlchemy URL of its ``postgres`` db."""
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """A throwaway PostgreSQL 15 cluster in a temp dir, stopped and removed at the end."""
     if not (PG_BIN / "initdb").exists():
         pytest.skip(f"PostgreSQL server binaries not found in {PG_BIN}")
     as_postgres = ["runuser", "-u", "postgres", "--"] if os.getuid() == 0 else []
@@ -211,28 +232,27 @@ def postgres_url() -> Iterator[str]:
     if as_postgres:
         shutil.chown(data, "postgres")
     port = free_port()
-    pg_ctl = [*as_postgres, str(PG_BIN / "pg_ctl"), "-D", str(data), "-w", "-t", "60"]
     subprocess.run(
         [*as_postgres, str(PG_BIN / "initdb"), "-D", str(data), "--auth=trust", "-U", "postgres"],
         check=True,
         capture_output=True,
         timeout=120,
     )
-    subprocess.run(
-        [
-            *pg_ctl,
-            "-o",
-            f"-p {port} -k {data} -c listen_addresses=127.0.0.1",
-            "-l",
-            str(data / "log"),
-            "start",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=90,
+    cluster = PostgresCluster(
+        url=f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres",
+        pg_ctl=[*as_postgres, str(PG_BIN / "pg_ctl"), "-D", str(data), "-w", "-t", "60"],
+        options=f"-p {port} -k {data} -c listen_addresses=127.0.0.1",
+        log=data / "log",
     )
+    cluster.start()
     try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+        yield cluster
     finally:
-        subprocess.run([*pg_ctl, "-m", "fast", "stop"], capture_output=True, timeout=90)
+        cluster.stop()
         shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_cluster: PostgresCluster) -> str:
+    """The SQLAlchemy URL of the throwaway cluster's ``postgres`` database."""
+    return postgres_cluster.url

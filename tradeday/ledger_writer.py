@@ -4,7 +4,7 @@ The session hands every flush's batch to :meth:`DurableWriter.write`. A batch th
 ledger refuses (SQLite locked by another process, PostgreSQL stopped or restarting, the
 network down) stays queued, in order, and is retried with exponential backoff while
 the session goes on trading; the writer logs one warning when an outage starts and one
-line when the queued rows land. :meth:`DurableWriter.finish` queues the run's final
+when the queued rows land (a warning too, so a console showing warnings shows both). :meth:`DurableWriter.finish` queues the run's final
 status and keeps trying until its deadline; whatever is still unwritten then goes to
 the local :class:`~tradeday.journal.Journal`, fsynced, for the next session start,
 ``flatten-now`` or end-of-day report to replay. Each batch carries a ``batch_id``
@@ -131,7 +131,8 @@ class DurableWriter:
             batches += 1
         self.written += batches
         if self._down_since is not None:
-            self.log.info(
+            # a warning like the one that opened the outage, so whoever saw that sees this
+            self.log.warning(
                 "ledger reachable again after %.0f s: the %d queued batches (%d rows) are written",
                 self.clock() - self._down_since,
                 batches,

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from tradeday.book import Book, Position
 from tradeday.brokers.base import Broker, BrokerOrder, ExecType, OrderHistory
 from tradeday.events import MINUTE_NS, NS_PER_S, Side
+from tradeday.journal import replay_journal
 from tradeday.ledger import Ledger, RunRow
 from tradeday.records import (
     Batch,
@@ -97,9 +98,13 @@ def recover(
 ) -> list[Recovered]:
     """Reconcile, flatten and close every dead run on this account; returns what was done.
 
+    Journaled batches (rows a run could not get into the ledger before it ended, see
+    :mod:`tradeday.journal`) are replayed first, so recovery reads complete runs.
+
     ``by`` names who recovers (a run id, "flatten-now", a session's start) in the
     recovered run's message and orders.
     """
+    replay_journal(ledger)  # rows a run could not write before it ended come first
     done = []
     for run in ledger.unfinished_runs(broker.name, account):
         if is_dead(run, time.time_ns()):

@@ -25,6 +25,7 @@ from typing import Literal
 from sqlalchemy.exc import SQLAlchemyError
 
 from tradeday import report
+from tradeday.journal import JournalError, replay_journal
 from tradeday.ledger import Ledger
 
 DELIVER_WAIT_S = 10.0  # sessions ending together take turns; longer than that, defer
@@ -94,12 +95,10 @@ def deliver_report(
     """Write a run into the report, or defer it, or say why not; never raises."""
     path = Path(path)
     try:
-        ledger = Ledger(ledger_url)
-        try:
+        with Ledger(ledger_url) as ledger:
+            replay_journal(ledger)  # rows the session could not write before it ended
             report.stage_run(ledger, run_id, path)
-        finally:
-            ledger.close()
-    except (SQLAlchemyError, KeyError) as exc:  # unreachable, or no such run
+    except (SQLAlchemyError, KeyError, JournalError) as exc:  # unreachable, no such run
         problem = (
             f"run {run_id} could not be read from the ledger ({type(exc).__name__}: {exc}); "
             "write the report once it can (the end-of-day-report deployment for that date)"

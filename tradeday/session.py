@@ -27,7 +27,9 @@ from tradeday.config import SessionConfig
 from tradeday.decode import Decoder
 from tradeday.events import Bar, SessionWindow, ns_to_datetime
 from tradeday.feed import StreamFeed
+from tradeday.journal import Journal
 from tradeday.ledger import Ledger
+from tradeday.ledger_writer import DurableWriter
 from tradeday.outcome import SessionResult
 from tradeday.records import RunUpdate
 from tradeday.sources import NO_DATA_AFTER_S, Source, make_source
@@ -37,6 +39,7 @@ log = logging.getLogger(__name__)
 
 FLUSH_SECONDS = 1.0
 FLATTEN_TIMEOUT_S = 10.0
+LEDGER_FINISH_TIMEOUT_S = 10.0  # then the journal: flatten + this stay within Prefect's 30 s
 
 
 def new_run_id(day: str) -> str:
@@ -81,6 +84,7 @@ class TradingSession:
         self.stop_at_ns = wiring.stop_at_ns(config, window)
         self.decoder = Decoder(self.engine.on_events, self._on_control)
         self.ledger: Ledger | None = None
+        self.writer: DurableWriter | None = None
         self.feed: StreamFeed | None = None
         self.status = "running"
         self.message = ""
@@ -113,6 +117,9 @@ class TradingSession:
             deployment=self.deployment,
             flow_run_id=self.flow_run_id,
             counters={},
+        )
+        self.writer = DurableWriter(
+            self.ledger, self.run_id, Journal.for_ledger(config.ledger_url), logger=self.log
         )
         self.broker.start()
 
@@ -212,11 +219,16 @@ class TradingSession:
         return outcome.heartbeat(self.counters(), self.book, self.engine.clock)
 
     def flush(self, *, positions: bool = False) -> None:
-        """Write what the engine buffered; runs on the main thread, never per tick."""
-        assert self.ledger is not None, "flush() before start()"
+        """Hand what the engine buffered to the ledger writer; main thread, never per tick.
+
+        The writer keeps what the ledger refuses; how long it has refused is the risk
+        gate's ``max_ledger_outage_minutes`` input.
+        """
+        assert self.writer is not None, "flush() before start()"
         batch = self.engine.take_batch(positions=positions)
         batch.run_update = RunUpdate(heartbeat_ns=time.time_ns(), counters=self.counters())
-        self.ledger.write(batch, self.run_id)
+        self.writer.write(batch)
+        self.engine.risk.ledger_outage_s = self.writer.outage_seconds()
         if self.on_progress is not None and self.engine.clock:
             span = self.stop_at_ns - self.window.open_ns
             self.on_progress(max(0.0, min(1.0, (self.engine.clock - self.window.open_ns) / span)))
@@ -254,8 +266,13 @@ class TradingSession:
         if self._no_data():
             self.message += f"; received no events for {','.join(self.config.symbols)}"
         self.flush(positions=True)
-        self.ledger.finish_run(
-            self.run_id, self.status, self.message, time.time_ns(), self.counters()
+        assert self.writer is not None
+        self.writer.finish(
+            self.status,
+            self.message,
+            time.time_ns(),
+            self.counters(),
+            timeout_s=LEDGER_FINISH_TIMEOUT_S,
         )
         self.broker.close()
         self.log.info(
