@@ -25,7 +25,7 @@ from pathlib import Path
 import msgspec
 from sqlalchemy.engine import make_url
 
-from tradeday.ledger import Ledger
+from tradeday.ledger import Ledger, sqlite_file
 from tradeday.records import Batch
 
 log = logging.getLogger(__name__)
@@ -46,10 +46,9 @@ _decode = msgspec.json.Decoder(Entry).decode
 
 def journal_dir(ledger_url: str) -> Path:
     """Where the journals of the ledger at ``ledger_url`` live (see the module docstring)."""
-    url = make_url(ledger_url)
-    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-        db = Path(url.database)
+    if (db := sqlite_file(ledger_url)) is not None:
         return db.with_name(f"{db.name}.rows-journal")
+    url = make_url(ledger_url)
     slug = re.sub(
         r"[^A-Za-z0-9_.-]+", "_", f"{url.host or 'local'}-{url.port or ''}-{url.database}"
     )

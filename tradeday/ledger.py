@@ -1,10 +1,12 @@
 """The ledger: runs, orders, fills, risk events and positions, through SQLAlchemy 2.
 
 It is the truth the report is built from and what recovery reads after a crash. The
-engine never writes per tick: it buffers rows and :meth:`Ledger.write` stores a batch in
-one transaction from the session's main thread. SQLite by default; any SQLAlchemy URL
-(PostgreSQL for many workers) works. Times are UTC nanoseconds (BIGINT): exact and
-portable across backends.
+engine never writes per tick: it buffers typed records (:mod:`tradeday.records`) and
+:meth:`Ledger.write` stores a batch in one transaction from the session's main thread,
+through its :class:`~tradeday.ledger_writer.DurableWriter`; a batch with a ``batch_id``
+is stored once however often it is written. Reads return the same records. SQLite by
+default; any SQLAlchemy URL (PostgreSQL for many workers) works. Times are UTC
+nanoseconds (BIGINT): exact and portable across backends.
 """
 
 from __future__ import annotations
@@ -163,10 +165,17 @@ class WrittenBatchRow(Base):
 LIVE_STATUSES = ("running",)
 
 
-def _prepare_sqlite(url: str) -> None:
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite ledger URL; None for an in-memory one or a server database."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        return Path(parsed.database)
+    return None
+
+
+def _prepare_sqlite(url: str) -> None:
+    if (path := sqlite_file(url)) is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
 
 
 class Ledger:
