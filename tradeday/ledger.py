@@ -181,11 +181,17 @@ def _prepare_sqlite(url: str) -> None:
 class Ledger:
     """The ledger database; use it as ``with Ledger(url) as ledger:`` so it is closed."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, busy_timeout_s: float = 5.0) -> None:
+        """``busy_timeout_s``: how long a SQLite statement waits for another process's lock."""
         _prepare_sqlite(url)
         self.url = url
-        # pre-ping: a pooled connection that a restarted PostgreSQL dropped is replaced
-        self.engine: Engine = create_engine(url, future=True, pool_pre_ping=True)
+        sqlite = make_url(url).get_backend_name() == "sqlite"
+        self.engine: Engine = create_engine(
+            url,
+            future=True,
+            connect_args={"timeout": busy_timeout_s} if sqlite else {},
+            pool_pre_ping=True,  # a pooled connection a restarted PostgreSQL dropped is replaced
+        )
         Base.metadata.create_all(self.engine)
 
     def __enter__(self) -> Ledger:

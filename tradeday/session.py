@@ -39,7 +39,10 @@ log = logging.getLogger(__name__)
 
 FLUSH_SECONDS = 1.0
 FLATTEN_TIMEOUT_S = 10.0
-LEDGER_FINISH_TIMEOUT_S = 10.0  # then the journal: flatten + this stay within Prefect's 30 s
+# a locked SQLite ledger holds the main thread this long per try (SIGTERM waits for it);
+# the final status is retried this long, then journaled: all within Prefect's 30 s
+LEDGER_BUSY_TIMEOUT_S = 2.0
+LEDGER_FINISH_TIMEOUT_S = 5.0
 
 
 def new_run_id(day: str) -> str:
@@ -102,7 +105,7 @@ class TradingSession:
             return
         config = self.config
         self.started_ns = time.time_ns()
-        self.ledger = Ledger(config.ledger_url)
+        self.ledger = Ledger(config.ledger_url, busy_timeout_s=LEDGER_BUSY_TIMEOUT_S)
         self.ledger.start_run(
             run_id=self.run_id,
             session_date=self.day,
