@@ -216,10 +216,12 @@ class StreamServer:
     async def _background(self) -> None:
         """Runs while the server listens; cancelled by ``stop()``."""
 
-    async def _close_now(self, client: Connection, reason: str = "server stopping") -> None:
-        """Close with 1001, or cut the TCP connection of a client too stuck to answer."""
+    async def _close_now(
+        self, client: Connection, code: int = 1001, reason: str = "server stopping"
+    ) -> None:
+        """Close (1001 by default), or cut the TCP connection of a client too stuck to answer."""
         try:
-            await asyncio.wait_for(client.ws.close(1001, reason), STOP_GRACE)
+            await asyncio.wait_for(client.ws.close(code, reason), STOP_GRACE)
         except (TimeoutError, ConnectionClosed):
             client.ws.transport.abort()
 
