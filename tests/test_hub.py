@@ -3,6 +3,9 @@ fault knobs) and real cpquant clients as sessions, over real websockets on 127.0
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,7 +19,7 @@ import pyarrow.compute as pc
 import pytest
 import websockets.sync.client
 
-from tests.conftest import OPEN_FIXTURE, free_port
+from tests.conftest import BIN, OPEN_FIXTURE, free_port
 from tradeday import recording
 from tradeday.decode import Decoder
 from tradeday.events import Trade
@@ -256,7 +259,7 @@ def test_406_beyond_the_retry_window_stops_the_hub_with_the_reason() -> None:
         with hub_on(alpaca.url, retry_refused_s=0.3) as hub:
             wait_for(lambda: hub.failure is not None)
             assert isinstance(hub.failure, FeedError) and "406" in str(hub.failure)
-            wait_for(lambda: not hub._thread.is_alive())
+            wait_for(lambda: not hub.running)
         lingering.close()
 
 
@@ -272,3 +275,55 @@ def test_a_wrong_local_secret_gets_402_and_the_alpaca_keys_are_not_the_local_one
         Hub("ws://127.0.0.1:1", ALPACA_KEY, ALPACA_SECRET, secret="")
     with pytest.raises(ValueError, match="loopback"):
         Hub("ws://127.0.0.1:1", ALPACA_KEY, ALPACA_SECRET, secret=SECRET, host="0.0.0.0")
+
+
+def run_hub_cli(*args: str, **env: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [str(BIN / "tradeday"), "hub", *args],
+        env={**os.environ, **env},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_tradeday_hub_command_serves_sessions_and_logs_no_keys() -> None:
+    port = free_port()
+    with upstream(TRADES) as alpaca:
+        proc = run_hub_cli(
+            "--upstream-url",
+            alpaca.url,
+            "--port",
+            str(port),
+            TRADEDAY_HUB_SECRET=SECRET,
+            APCA_API_KEY_ID=ALPACA_KEY,
+            APCA_API_SECRET_KEY=ALPACA_SECRET,
+        )
+        try:
+            assert proc.stderr is not None
+            line = ""
+            while "hub on" not in line and proc.poll() is None:
+                line = proc.stderr.readline()
+            assert f"hub on ws://127.0.0.1:{port}/v2/hub, upstream {alpaca.url}" in line, line
+            client = open_client(f"ws://127.0.0.1:{port}", HUB_KEY, SECRET)
+            frames: list[str] = []
+            client.subscribe_trades(["ES"])
+            client.listen(frames.append)
+            got = [m for f in frames for m in orjson.loads(f) if m["T"] == "t"]
+            assert len(got) == 5_000 and client.socket.close_reason == END_OF_REPLAY
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(20) == 0
+            log = line + proc.stderr.read()
+        finally:
+            proc.kill()
+            proc.wait()
+    assert "hub stopped: sessions=0 messages_in=5000 sent=5000" in log
+    assert ALPACA_KEY not in log and ALPACA_SECRET not in log and SECRET not in log
+
+
+def test_tradeday_hub_command_names_what_is_missing() -> None:
+    proc = run_hub_cli(TRADEDAY_HUB_SECRET="")
+    assert proc.wait(60) == 1
+    assert proc.stderr is not None and "set TRADEDAY_HUB_SECRET" in proc.stderr.read()
+    proc = run_hub_cli("--port", "nope")
+    assert proc.wait(60) == 2
+    assert proc.stderr is not None and "--port: invalid int value: 'nope'" in proc.stderr.read()

@@ -144,6 +144,11 @@ class StreamServer:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"ws://{host}:{self._port}{self.path}"
 
+    @property
+    def running(self) -> bool:
+        """Started and not yet stopped (by ``stop()`` or by a failure of its own)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def start(self) -> Self:
         """Start listening in a background thread; returns once clients can connect."""
         if self._thread is not None:
