@@ -22,12 +22,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from tradeday.feed import ENDPOINTS
-from tradeday.hub.server import Hub
+from tradeday.hub.server import DEFAULT_PORT, SECRET_VAR, Hub
 
 log = logging.getLogger("tradeday.hub")
 
-SECRET_VAR = "TRADEDAY_HUB_SECRET"
-DEFAULT_PORT = 8766
 HEARTBEAT_S = 60.0
 MAKE_SECRET = "python -c 'import secrets; print(secrets.token_urlsafe(24))'"
 

@@ -53,6 +53,10 @@ log = logging.getLogger(__name__)
 
 HUB_KEY = "tradeday-hub"
 """The key sessions authenticate with; the secret is the hub's local credential."""
+SECRET_VAR = "TRADEDAY_HUB_SECRET"
+"""Where the hub and its sessions read the local credential (never the Alpaca keys)."""
+DEFAULT_PORT = 8766
+DEFAULT_URL = f"ws://127.0.0.1:{DEFAULT_PORT}"
 UPSTREAM_LOST = "hub upstream connection lost"
 UPSTREAM_FAILED = "hub upstream failed"
 IN_FLIGHT = 64
@@ -134,7 +138,7 @@ class Hub(StreamServer):
         seed: int | None = None,
     ) -> None:
         if not secret:
-            raise ValueError("the hub needs a local secret for its sessions (TRADEDAY_HUB_SECRET)")
+            raise ValueError(f"the hub needs a local secret for its sessions ({SECRET_VAR})")
         if (key, secret) == (upstream_key, upstream_secret) or secret == upstream_secret:
             raise ValueError("the hub's local secret must not be the Alpaca secret")
         if max_pending < 1:
