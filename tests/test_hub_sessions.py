@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 
 from tests.conftest import OPEN_FIXTURE, free_port
-from tests.test_hub import SECRET, hub_on, upstream, wait_for
+from tests.test_hub import ALPACA_KEY, ALPACA_SECRET, SECRET, hub_on, upstream, wait_for
 from tradeday import recording
 from tradeday.calendar import session_window
 from tradeday.config import parse_session_config
 from tradeday.feed import FeedError
+from tradeday.hub import Hub
 from tradeday.replay.server import ReplayServer
 from tradeday.session import SessionResult, TradingSession
 from tradeday.sources import make_source
@@ -103,3 +104,36 @@ def test_a_missing_hub_or_secret_is_a_clear_error(monkeypatch: pytest.MonkeyPatc
     assert str(raised.value).startswith(f"no tradeday hub at {config.feed.url} (")
     assert "start it with `tradeday hub`" in str(raised.value)
     assert source.tick_clock and not source.past(0)  # a past day through the hub: a rehearsal
+
+
+def test_sessions_reconnect_to_a_restarted_hub_and_end_flat(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TRADEDAY_HUB_SECRET", SECRET)
+    port = free_port()
+    url = f"ws://127.0.0.1:{port}"
+    # 57 s of trades at 10x: about 6 s of session, the hub killed and back in the middle
+    with upstream(TRADES, speed=10.0, max_connections=1) as alpaca:
+        first = Hub(alpaca.url, ALPACA_KEY, ALPACA_SECRET, secret=SECRET, port=port).start()
+        sessions = [session(tmp_path / m["name"], m, source="hub", url=url) for m in MODELS]
+        results: dict[str, SessionResult] = {}
+        threads = [
+            threading.Thread(target=lambda s=s: results.update({s.model_name: run(s)}))
+            for s in sessions
+        ]
+        for t in threads:
+            t.start()
+        wait_for(lambda: len(first._routes) == 2 and first.stats.sent >= 1_000)
+        first.stop()  # as a crash would: every session's connection and the upstream drop
+        with Hub(alpaca.url, ALPACA_KEY, ALPACA_SECRET, secret=SECRET, port=port) as second:
+            for t in threads:
+                t.join(120)
+                assert not t.is_alive()
+            assert second.upstream.stats.connects == 1 and second.stats.sent > 0
+    for s in sessions:
+        result = results[s.model_name]
+        assert result.status == "completed" and result.final_positions == {}
+        assert result.counters["reconnects"] >= 1 and result.counters["gaps"] >= 1
+        assert 1_000 < result.ticks <= 5_000  # what came before the kill and after it
+        assert s.engine.stop_reason == "end of data"
+        s.close()

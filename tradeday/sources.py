@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from tradeday import history, recording
 from tradeday.events import MINUTE_NS, NS_PER_S, Bar, SessionWindow
@@ -284,15 +282,22 @@ class HubSource(AlpacaSource):
 
 
 def _reachable(url: str) -> None:
-    """Fail the session's start with how to fix it when no hub listens at ``url``."""
-    parts = urlsplit(url)
+    """Fail the session's start with how to fix it when no hub answers at ``url``.
+
+    A websocket handshake up to the hub's ``connected``, then a clean close: a bare TCP
+    probe would leave a handshake error in the hub's log for every session start.
+    """
+    from websockets.exceptions import WebSocketException
+    from websockets.sync.client import connect
+
     try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80), 2.0):
-            pass
-    except OSError as exc:
+        with connect(url, open_timeout=2.0, close_timeout=1.0) as ws:
+            ws.recv(timeout=2.0)
+    except (OSError, TimeoutError, WebSocketException) as exc:
         raise FeedError(
-            f"no tradeday hub at {url} ({exc.strerror or exc}): start it with `tradeday hub` "
-            "(or `systemctl start tradeday-hub`), or set feed.url to where it listens; docs/hub.md"
+            f"no tradeday hub at {url} ({getattr(exc, 'strerror', None) or exc}): start it "
+            "with `tradeday hub` (or `systemctl start tradeday-hub`), or set feed.url to "
+            "where it listens; docs/hub.md"
         ) from None
 
 
