@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -25,6 +28,7 @@ from tradeday.decode import Decoder
 from tradeday.events import Trade
 from tradeday.feed import END_OF_REPLAY, FeedError, StreamFeed, open_client
 from tradeday.hub import HUB_KEY, Hub
+from tradeday.hub.recorder import Recorder
 from tradeday.replay.server import Faults, ReplayServer
 from tradeday.replay.wire import Format, messages
 
@@ -327,3 +331,76 @@ def test_tradeday_hub_command_names_what_is_missing() -> None:
     proc = run_hub_cli("--port", "nope")
     assert proc.wait(60) == 2
     assert proc.stderr is not None and "--port: invalid int value: 'nope'" in proc.stderr.read()
+
+
+def test_the_hub_records_each_day_and_the_recording_replays_what_sessions_got(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    with hub_on(f"ws://127.0.0.1:{port}", recorder=Recorder(tmp_path, flush_s=0.2)) as hub:
+        a = Session(hub, trades=["ES"])
+        b = Session(hub, bars=["AAPL", "MSFT"])
+        wait_for(lambda: len(hub._routes) == 2)
+        with upstream(port=port):
+            a.ended()
+            b.ended()
+    assert hub.recorder is not None and hub.recorder.stats.failed_writes == 0
+    # a folder per New York day: the ES trades' day and the two days the bars span
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["2013-09-03", "2023-01-03", "2023-01-04"]
+    trades_day = recording.load(tmp_path / "2013-09-03")
+    bars = [recording.load(tmp_path / d) for d in ("2023-01-03", "2023-01-04")]
+    assert messages(trades_day, Format.JSON) == a.data() == expected({"t": ["ES"]})
+    assert messages(pa.concat_tables(bars), Format.JSON) == b.data()
+    assert b.data() == expected({"b": ["AAPL", "MSFT"]})
+    assert not list(tmp_path.glob("*/.*"))  # no half-written part left behind
+    with ReplayServer(tmp_path / "2013-09-03") as replay:  # the live day, replayed
+        client = open_client(replay.url, "replay", "replay")
+        frames: list[str] = []
+        client.subscribe_trades(["ES"])
+        client.listen(frames.append)
+    assert [m for f in frames for m in orjson.loads(f) if m["T"] == "t"] == a.data()
+
+
+def test_a_killed_hub_keeps_a_readable_recording_of_what_it_flushed(tmp_path: Path) -> None:
+    port = free_port()
+    code = (
+        "import sys; from tradeday.hub.main import main; from tradeday.wiring import Credentials; "
+        f"sys.exit(main(sys.argv[1:], lambda: Credentials({ALPACA_KEY!r}, {ALPACA_SECRET!r})))"
+    )
+    with upstream(TRADES, speed=5.0) as alpaca:  # 57 s of trades in about 11 s
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                code,
+                "--upstream-url",
+                alpaca.url,
+                "--port",
+                str(port),
+                "--record-dir",
+                str(tmp_path),
+                "--record-every-s",
+                "0.2",
+            ],
+            env={**os.environ, "TRADEDAY_HUB_SECRET": SECRET},
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_for(lambda: proc.poll() is None and _listening(port), 120)
+            client = open_client(f"ws://127.0.0.1:{port}", HUB_KEY, SECRET)
+            client.subscribe_trades(["ES"])
+            wait_for(lambda: alpaca.stats.sent >= 1_500)
+            proc.kill()  # no flush at exit: only what the 0.2 s writes had already put down
+            proc.wait(10)
+        finally:
+            proc.kill()
+            proc.wait()
+        client.close()
+    kept = recording.load(tmp_path / "2013-09-03")
+    assert 0 < kept.num_rows < 5_000
+    assert messages(kept, Format.JSON) == messages(TRADES.slice(0, kept.num_rows), Format.JSON)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0

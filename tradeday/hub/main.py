@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from tradeday.feed import ENDPOINTS
+from tradeday.hub.recorder import Recorder
 from tradeday.hub.server import DEFAULT_PORT, SECRET_VAR, Hub
 
 log = logging.getLogger("tradeday.hub")
@@ -54,6 +55,18 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         default=100_000,
         help="messages queued for one session before it is cut with 407 slow client",
+    )
+    p.add_argument(
+        "--record-dir",
+        default="data/recordings/live",
+        help="where every streamed day is recorded for replay, a folder per day",
+    )
+    p.add_argument("--no-record", action="store_true", help="record nothing")
+    p.add_argument(
+        "--record-every-s",
+        type=float,
+        default=60.0,
+        help="seconds between recording writes (a kill loses at most this much)",
     )
     p.add_argument(
         "--retry-refused-s",
@@ -97,6 +110,7 @@ def main(argv: Sequence[str], credentials: Callable[[], Any]) -> int:
             max_sessions=args.max_sessions,
             max_pending=args.max_pending,
             retry_refused_s=args.retry_refused_s,
+            recorder=None if args.no_record else Recorder(args.record_dir, args.record_every_s),
         )
     except ValueError as exc:
         sys.exit(f"tradeday hub: {exc}")
@@ -134,4 +148,5 @@ def heartbeat(hub: Hub) -> str:
         f"sessions={s.active} messages_in={s.messages_in} sent={s.sent} slow_cuts={s.slow_cuts} "
         f"upstream_connects={up.connects} upstream_losses={s.upstream_losses} "
         f"refused={up.refused} symbols={sum(len(v) for v in union.values())}"
+        + (f" recorded={hub.recorder.stats.rows}" if hub.recorder is not None else "")
     )

@@ -19,6 +19,8 @@ JSON or msgpack), authenticated with a local credential. The Alpaca keys stay he
 - **Replays.** When the upstream is a replay server that ends its recording
   (``end of replay``), every session gets the same close once its queue is sent, so
   rehearsals end like a direct replay.
+- **Recording.** With a :class:`~tradeday.hub.recorder.Recorder`, every upstream event is
+  also written for replay, off the loop (see that module).
 - **Fatal upstream errors** (402 keys, 409 plan, 406 beyond the retry window): the hub
   closes its sessions and stops; :attr:`Hub.failure` says why, and the supervisor
   (systemd) restarts it.
@@ -38,6 +40,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from tradeday.feed import END_OF_REPLAY, StreamFeed
+from tradeday.hub.recorder import Recorder
 from tradeday.hub.upstream import Item, Router
 from tradeday.replay.protocol import (
     CHANNELS,
@@ -135,6 +138,7 @@ class Hub(StreamServer):
         backoff_cap: float = 30.0,
         retry_refused_s: float = 120.0,
         stale_after_s: float = 60.0,
+        recorder: Recorder | None = None,
         seed: int | None = None,
     ) -> None:
         if not secret:
@@ -157,6 +161,7 @@ class Hub(StreamServer):
         self.stats: HubStats
         self.max_pending = max_pending
         self.stale_after_s = stale_after_s
+        self.recorder = recorder
         self.failure: Exception | None = None
         self.router = Router(self._deliver, self._on_upstream_control)
         self.upstream = StreamFeed(
@@ -220,7 +225,9 @@ class Hub(StreamServer):
     # -- hub loop -------------------------------------------------------------------------
 
     async def _background(self) -> None:
-        """Start the upstream, watch it go silent; stop it when the hub stops."""
+        """Start the upstream (and recorder), watch it go silent; stop them with the hub."""
+        if self.recorder is not None:
+            self.recorder.start()
         self.upstream.start()
         threading.Thread(target=self._watch_upstream, name="hub-upstream", daemon=True).start()
         try:
@@ -232,6 +239,8 @@ class Hub(StreamServer):
                     self.upstream.force_reconnect(f"upstream silent for {silent:.0f} s")
         finally:
             await asyncio.to_thread(self.upstream.stop)
+            if self.recorder is not None:
+                await asyncio.to_thread(self.recorder.stop)
 
     def _upstream_authenticated(self) -> None:
         self._up = True
@@ -270,6 +279,8 @@ class Hub(StreamServer):
         self._in_flight.release()
         self.stats.frames_in += 1
         self.stats.messages_in += len(items)
+        if self.recorder is not None:
+            self.recorder.add(items)
         for session in tuple(self._routes):
             chosen = [item for item in items if session.takes(item)]
             if not chosen:
