@@ -404,3 +404,21 @@ def test_a_killed_hub_keeps_a_readable_recording_of_what_it_flushed(tmp_path: Pa
 def _listening(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_a_session_taking_the_union_past_the_symbol_limit_gets_405_alone() -> None:
+    with upstream(speed=1e-6) as alpaca, hub_on(alpaca.url, symbol_limit=3) as hub:
+        a = Session(hub, trades=["ES", "NQ"])
+        b = Session(hub, trades=["ES"], quotes=["NQ"])  # the same two symbols: fits
+        wait_for(lambda: hub.upstream_confirmed["quotes"] == ["NQ"])
+        c = Session(hub, bars=["AAPL", "MSFT"])  # four symbols in the union: refused
+        wait_for(lambda: any(m.get("code") == 405 for m in c.control()))
+        assert hub.upstream_confirmed == {"trades": ["ES", "NQ"], "quotes": ["NQ"], "bars": []}
+        c.client.subscribe_bars(["AAPL"], "1Min")  # three: accepted
+        wait_for(lambda: hub.upstream_confirmed["bars"] == ["AAPL"])
+        for s in (a, b, c):
+            s.leave()
+    assert c.control()[-2:] == [
+        {"T": "error", "code": 405, "msg": "symbol limit exceeded"},
+        {"T": "subscription", "trades": [], "quotes": [], "bars": ["AAPL"]},
+    ]

@@ -51,6 +51,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --host")
     p.add_argument("--max-sessions", type=int, default=64)
     p.add_argument(
+        "--symbol-limit",
+        type=int,
+        default=None,
+        help="the plan's symbol limit: a session taking the union past it gets 405",
+    )
+    p.add_argument(
         "--max-pending",
         type=int,
         default=100_000,
@@ -108,6 +114,7 @@ def main(argv: Sequence[str], credentials: Callable[[], Any]) -> int:
             port=args.port,
             allow_remote=args.allow_remote,
             max_sessions=args.max_sessions,
+            symbol_limit=args.symbol_limit,
             max_pending=args.max_pending,
             retry_refused_s=args.retry_refused_s,
             recorder=None if args.no_record else Recorder(args.record_dir, args.record_every_s),

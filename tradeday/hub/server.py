@@ -111,7 +111,9 @@ class Hub(StreamServer):
 
     ``upstream_url`` with ``upstream_key``/``upstream_secret`` is Alpaca (or a replay server
     acting as Alpaca); sessions authenticate with ``key``/``secret``, which must not be the
-    Alpaca keys. ``max_sessions`` authenticated sessions at once (406 beyond),
+    Alpaca keys. ``symbol_limit`` is the plan's limit on the upstream: a session whose
+    subscription would take the union past it gets 405 (Alpaca's answer to the hub would
+    end every session's stream). ``max_sessions`` authenticated sessions at once (406 beyond),
     ``max_pending`` queued messages per session before 407, ``stale_after_s`` of upstream
     silence (after data has flowed on a connection) forces a reconnect.
     """
@@ -370,6 +372,14 @@ class Hub(StreamServer):
         else:
             self._unroute(client)
         self._resubscribe()
+
+    def _symbols_with(self, client: Connection, updated: dict[str, dict[str, None]]) -> int:
+        """The union's distinct symbols if ``client`` takes ``updated``: the upstream's count."""
+        symbols = {s for name in CHANNELS for s in updated[name]}
+        for session in self._routes:
+            if session is not client:
+                symbols.update(s for name in CHANNELS for s in session.channels[name])
+        return len(symbols)
 
     def _unroute(self, session: _Session) -> None:
         if session in self._routes:

@@ -311,11 +311,12 @@ class StreamServer:
                     updated[name][symbol] = None
                 else:
                     updated[name].pop(symbol, None)
-        if self.symbol_limit is not None:
-            distinct = {s for name in CHANNELS for s in updated[name]}
-            if len(distinct) > self.symbol_limit:
-                await self._error(client, 405)
-                return
+        if (
+            self.symbol_limit is not None
+            and self._symbols_with(client, updated) > self.symbol_limit
+        ):
+            await self._error(client, 405)
+            return
         for name, symbols in updated.items():  # in place: client.wanted shares these dicts
             client.channels[name].clear()
             client.channels[name].update(symbols)
@@ -323,6 +324,10 @@ class StreamServer:
         await self._control(client, client.subscription())
         if client.alive:
             self._subscription_changed(client)
+
+    def _symbols_with(self, client: Connection, updated: dict[str, dict[str, None]]) -> int:
+        """Distinct symbols ``symbol_limit`` counts if ``client`` takes ``updated``: its own."""
+        return len({s for name in CHANNELS for s in updated[name]})
 
     def _subscription_changed(self, client: Connection) -> None:
         """A live client's subscription changed (its reply already sent)."""
