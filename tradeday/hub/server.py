@@ -8,7 +8,8 @@ JSON or msgpack), authenticated with a local credential. The Alpaca keys stay he
 - **Subscriptions.** The upstream subscription is the union of the sessions' subscriptions,
   changed on the live connection as sessions subscribe, unsubscribe and leave. Each session
   gets exactly the trades, quotes and bars of its own subscription, in upstream order,
-  framed as upstream framed them (a frame's messages it did not ask for left out).
+  framed as upstream framed them (a frame's messages it did not ask for left out); frames
+  that queued up while a session was behind go out merged, up to ``COALESCE`` messages.
 - **Slow sessions.** Each session has its own send queue, bounded by ``max_pending``
   messages; the upstream reader never waits for a session. A session whose queue is full
   is cut with ``407 slow client``, as Alpaca would, and the others go on.
@@ -62,6 +63,8 @@ DEFAULT_PORT = 8766
 DEFAULT_URL = f"ws://127.0.0.1:{DEFAULT_PORT}"
 UPSTREAM_LOST = "hub upstream connection lost"
 UPSTREAM_FAILED = "hub upstream failed"
+COALESCE = 1_000
+"""Most messages in one frame to a session: a session behind catches up in fewer sends."""
 IN_FLIGHT = 64
 """Upstream frames handed to the loop and not yet routed: beyond, the reader waits for the
 loop (never for a session), so a busy loop cannot pile frames up in memory."""
@@ -91,7 +94,7 @@ class _Session(Connection):
 
     def __init__(self, ws: ServerConnection, fmt: Format) -> None:
         super().__init__(ws, fmt)
-        self.queue: deque[tuple[bytes, int] | _Close] = deque()
+        self.queue: deque[list[bytes] | _Close] = deque()  # encoded messages, per frame
         self.pending = 0  # data messages queued, not yet sent
         self.wake = asyncio.Event()
         self.writer: asyncio.Task[None] | None = None
@@ -101,7 +104,7 @@ class _Session(Connection):
         symbols = self.wanted[item.kind]
         return bool(symbols) and (item.symbol in symbols or "*" in symbols)
 
-    def push(self, entry: tuple[bytes, int] | _Close) -> None:
+    def push(self, entry: list[bytes] | _Close) -> None:
         self.queue.append(entry)
         self.wake.set()
 
@@ -290,9 +293,8 @@ class Hub(StreamServer):
             if session.pending + len(chosen) > self.max_pending:
                 self._cut_slow(session)
                 continue
-            data = join([item.encoded(session.fmt) for item in chosen], session.fmt)
             session.pending += len(chosen)
-            session.push((data, len(chosen)))
+            session.push([item.encoded(session.fmt) for item in chosen])
 
     def _cut_slow(self, session: _Session) -> None:
         """407 and close, as Alpaca does: what was queued for it is dropped, not sent."""
@@ -334,21 +336,26 @@ class Hub(StreamServer):
         task.add_done_callback(self._closing.discard)
 
     async def _write(self, session: _Session) -> None:
-        """Send a session's queue in order; a close entry ends it."""
+        """Send a session's queue in order, merging queued frames; a close entry ends it."""
         text = session.fmt is Format.JSON
+        queue = session.queue
         try:
             while True:
-                while not session.queue:
+                while not queue:
                     session.wake.clear()
                     await session.wake.wait()
-                entry = session.queue.popleft()
+                entry = queue.popleft()
                 if isinstance(entry, _Close):
                     await self._close_now(session, entry.code, entry.reason)
                     return
-                data, count = entry
-                await session.ws.send(data, text=text)
-                session.pending -= count
-                self.stats.sent += count
+                items = entry
+                while queue and not isinstance(queue[0], _Close):
+                    if len(items) + len(queue[0]) > COALESCE:
+                        break
+                    items = items + queue.popleft()  # type: ignore[operator]
+                await session.ws.send(join(items, session.fmt), text=text)
+                session.pending -= len(items)
+                self.stats.sent += len(items)
         except ConnectionClosed:
             self._forget(session)
 
