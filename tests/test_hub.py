@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -422,3 +422,27 @@ def test_a_session_taking_the_union_past_the_symbol_limit_gets_405_alone() -> No
         {"T": "error", "code": 405, "msg": "symbol limit exceeded"},
         {"T": "subscription", "trades": [], "quotes": [], "bars": ["AAPL"]},
     ]
+
+
+def test_alpaca_py_msgpack_session_through_the_hub_parses_every_trade() -> None:
+    from alpaca.data.live import StockDataStream
+
+    port = free_port()
+    with hub_on(f"ws://127.0.0.1:{port}") as hub:
+        stream = StockDataStream(HUB_KEY, SECRET, url_override=hub.url)  # msgpack frames
+        trades: list[Any] = []
+
+        async def on_trade(trade: Any) -> None:
+            trades.append(trade)
+            if len(trades) == TRADES.num_rows:
+                await stream.stop_ws()
+
+        stream.subscribe_trades(on_trade, "ES")
+        runner = threading.Thread(target=stream.run, daemon=True)
+        runner.start()
+        wait_for(lambda: len(hub._routes) == 1)
+        with upstream(TRADES, port=port):
+            runner.join(60)
+        assert not runner.is_alive()
+    assert [t.id for t in trades] == TRADES["trade_id"].to_pylist()
+    assert [t.timestamp for t in trades][:1] == [datetime(2013, 9, 3, 13, 30, 0, 40000, tzinfo=UTC)]

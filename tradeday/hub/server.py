@@ -42,7 +42,7 @@ from websockets.exceptions import ConnectionClosed
 
 from tradeday.feed import END_OF_REPLAY, StreamFeed
 from tradeday.hub.recorder import Recorder
-from tradeday.hub.upstream import Item, Router
+from tradeday.hub.upstream import Frame, Item, Router
 from tradeday.replay.protocol import (
     CHANNELS,
     ERRORS,
@@ -94,7 +94,8 @@ class _Session(Connection):
 
     def __init__(self, ws: ServerConnection, fmt: Format) -> None:
         super().__init__(ws, fmt)
-        self.queue: deque[list[bytes] | _Close] = deque()  # encoded messages, per frame
+        self.queue: deque[tuple[list[bytes], int] | _Close] = deque()  # (JSON runs or msgpack
+        # messages, how many messages) per frame
         self.pending = 0  # data messages queued, not yet sent
         self.wake = asyncio.Event()
         self.writer: asyncio.Task[None] | None = None
@@ -104,7 +105,7 @@ class _Session(Connection):
         symbols = self.wanted[item.kind]
         return bool(symbols) and (item.symbol in symbols or "*" in symbols)
 
-    def push(self, entry: list[bytes] | _Close) -> None:
+    def push(self, entry: tuple[list[bytes], int] | _Close) -> None:
         self.queue.append(entry)
         self.wake.set()
 
@@ -207,11 +208,11 @@ class Hub(StreamServer):
             with contextlib.suppress(RuntimeError):  # loop closed: the hub is stopping
                 loop.call_soon_threadsafe(callback, *args)
 
-    def _deliver(self, items: list[Item]) -> None:
+    def _deliver(self, frame: Frame) -> None:
         while not self._in_flight.acquire(timeout=0.5):
             if self._loop is None or self._loop.is_closed():
                 return
-        self._call(self._route, items)
+        self._call(self._route, frame)
 
     def _on_upstream_control(self, message: dict[str, Any]) -> None:
         self.upstream.on_control(message)
@@ -279,9 +280,10 @@ class Hub(StreamServer):
                 self._close_after_queue(client, 1011, UPSTREAM_FAILED)
             self._request_stop()
 
-    def _route(self, items: list[Item]) -> None:
+    def _route(self, frame: Frame) -> None:
         """One upstream frame to every session that takes any of it; never waits."""
         self._in_flight.release()
+        items = frame.items
         self.stats.frames_in += 1
         self.stats.messages_in += len(items)
         if self.recorder is not None:
@@ -294,7 +296,10 @@ class Hub(StreamServer):
                 self._cut_slow(session)
                 continue
             session.pending += len(chosen)
-            session.push([item.encoded(session.fmt) for item in chosen])
+            if frame.body is not None and len(chosen) == len(items) and session.fmt is Format.JSON:
+                session.push(([frame.body], len(items)))  # the upstream's own bytes
+            else:
+                session.push(([item.encoded(session.fmt) for item in chosen], len(chosen)))
 
     def _cut_slow(self, session: _Session) -> None:
         """407 and close, as Alpaca does: what was queued for it is dropped, not sent."""
@@ -348,14 +353,18 @@ class Hub(StreamServer):
                 if isinstance(entry, _Close):
                     await self._close_now(session, entry.code, entry.reason)
                     return
-                items = entry
+                parts, count = entry
                 while queue and not isinstance(queue[0], _Close):
-                    if len(items) + len(queue[0]) > COALESCE:
+                    more, n = queue[0]
+                    if count + n > COALESCE:
                         break
-                    items = items + queue.popleft()  # type: ignore[operator]
-                await session.ws.send(join(items, session.fmt), text=text)
-                session.pending -= len(items)
-                self.stats.sent += len(items)
+                    queue.popleft()
+                    parts, count = parts + more, count + n
+                # a JSON part may be a comma-joined run of messages (a whole upstream
+                # frame's body); a msgpack part is always one message
+                await session.ws.send(join(parts, session.fmt), text=text)
+                session.pending -= count
+                self.stats.sent += count
         except ConnectionClosed:
             self._forget(session)
 

@@ -27,20 +27,23 @@ KINDS = ("t", "q", "b")
 
 
 class Item:
-    """One upstream data message, encoded once per format whatever the number of sessions."""
+    """One upstream data message, encoded at most once per format whatever the number of
+    sessions (and not at all for a session that takes its whole frame: see ``Frame``)."""
 
-    __slots__ = ("_packed", "json", "kind", "message", "symbol")
+    __slots__ = ("_json", "_packed", "kind", "message", "symbol")
 
     def __init__(self, message: dict[str, Any]) -> None:
         self.kind: str = message["T"]
         self.symbol: str = message["S"]
         self.message = message
-        self.json = orjson.dumps(message)
+        self._json: bytes | None = None
         self._packed: bytes | None = None
 
     def encoded(self, fmt: Format) -> bytes:
         if fmt is Format.JSON:
-            return self.json
+            if self._json is None:
+                self._json = orjson.dumps(self.message)
+            return self._json
         if self._packed is None:  # msgpack sessions (alpaca-py) get ``t`` as a Timestamp ext
             message = dict(self.message)
             with contextlib.suppress(TypeError, ValueError, IndexError):  # passed on as is
@@ -56,12 +59,26 @@ class RouterStats:
     malformed_frames: int = 0
 
 
+class Frame:
+    """One upstream frame's data messages, and its JSON text when it held nothing else.
+
+    ``body`` is the frame's messages as they came, without the brackets: a JSON session that
+    takes every message of the frame gets these very bytes, no re-encoding.
+    """
+
+    __slots__ = ("body", "items")
+
+    def __init__(self, items: list[Item], body: bytes | None) -> None:
+        self.items = items
+        self.body = body
+
+
 class Router:
     """The upstream feed's frame sink: data to ``deliver``, control to ``on_control``."""
 
     def __init__(
         self,
-        deliver: Callable[[list[Item]], None],
+        deliver: Callable[[Frame], None],
         on_control: Callable[[dict[str, Any]], None],
     ) -> None:
         self.deliver = deliver
@@ -88,4 +105,7 @@ class Router:
                 self.on_control(message)
         if items:
             self.stats.messages += len(items)
-            self.deliver(items)
+            whole = len(items) == len(messages)
+            text = raw.encode() if isinstance(raw, str) else raw
+            body = text[1:-1] if whole and text[:1] == b"[" and text[-1:] == b"]" else None
+            self.deliver(Frame(items, body))
