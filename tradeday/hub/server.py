@@ -42,7 +42,7 @@ from websockets.exceptions import ConnectionClosed
 
 from tradeday.feed import END_OF_REPLAY, StreamFeed
 from tradeday.hub.recorder import Recorder
-from tradeday.hub.upstream import Frame, Item, Router
+from tradeday.hub.upstream import Frame, Router
 from tradeday.replay.protocol import (
     CHANNELS,
     ERRORS,
@@ -101,9 +101,9 @@ class _Session(Connection):
         self.writer: asyncio.Task[None] | None = None
         self.closing = False
 
-    def takes(self, item: Item) -> bool:
-        symbols = self.wanted[item.kind]
-        return bool(symbols) and (item.symbol in symbols or "*" in symbols)
+    def takes(self, kind: str, symbol: str) -> bool:
+        symbols = self.wanted[kind]
+        return bool(symbols) and (symbol in symbols or "*" in symbols)
 
     def push(self, entry: tuple[list[bytes], int] | _Close) -> None:
         self.queue.append(entry)
@@ -289,9 +289,13 @@ class Hub(StreamServer):
         if self.recorder is not None:
             self.recorder.add(items)
         for session in tuple(self._routes):
-            chosen = [item for item in items if session.takes(item)]
-            if not chosen:
+            taken = {key for key in frame.keys if session.takes(*key)}
+            if not taken:
                 continue
+            if len(taken) == len(frame.keys):
+                chosen = items
+            else:
+                chosen = [item for item in items if (item.kind, item.symbol) in taken]
             if session.pending + len(chosen) > self.max_pending:
                 self._cut_slow(session)
                 continue

@@ -66,11 +66,13 @@ class Frame:
     takes every message of the frame gets these very bytes, no re-encoding.
     """
 
-    __slots__ = ("body", "items")
+    __slots__ = ("body", "items", "keys")
 
     def __init__(self, items: list[Item], body: bytes | None) -> None:
         self.items = items
         self.body = body
+        self.keys = {(item.kind, item.symbol) for item in items}
+        """The frame's distinct (kind, symbol): routing tests these, not every message."""
 
 
 class Router:
