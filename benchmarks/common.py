@@ -138,8 +138,10 @@ class ServerProcess:
         trades: int = 0,
         spacing_us: float = 0.0,
         limit: int = 0,
+        max_connections: int = 1,
     ) -> None:
         args = [sys.executable, "-m", "benchmarks.server", "--source", source]
+        args += ["--max-connections", str(max_connections)]
         args += ["--batch", str(batch), "--trades", str(trades), "--limit", str(limit)]
         args += ["--spacing-us", str(spacing_us)]
         if speed is not None:

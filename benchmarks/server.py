@@ -80,6 +80,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="es: only the first N trades")
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--speed", type=float, default=None)
+    parser.add_argument("--max-connections", type=int, default=1)
     args = parser.parse_args()
     window = es_window()
     if args.source == "es":
@@ -94,7 +95,9 @@ def main() -> None:
         if spacing * args.trades > span:
             raise SystemExit(f"{args.trades} trades {spacing} ns apart do not fit in a session")
         data = synthetic_trades(args.trades, window.open_ns, spacing)
-    server = ReplayServer(data, speed=args.speed, batch=args.batch).start()
+    server = ReplayServer(
+        data, speed=args.speed, batch=args.batch, max_connections=args.max_connections
+    ).start()
     print(json.dumps({"url": server.url, "events": server.stats.events, "rss_mb": rss_mb()}))
     sys.stdout.flush()
     sys.stdin.read()  # until the parent closes our stdin

@@ -16,7 +16,7 @@ import pytest
 from benchmarks import ALL
 from benchmarks.common import Row
 
-SLOW = {"throughput", "latency", "memory", "startup", "cancel"}
+SLOW = {"throughput", "latency", "memory", "startup", "cancel", "hub"}
 EXPECTED = {
     "hotpath": "decoder + engine per trade",
     "throughput": "full path / json baseline",
@@ -25,6 +25,7 @@ EXPECTED = {
     "report_write": "write_report, new file",
     "startup": "flow call → first tick",
     "cancel": "cancel request → flat book",
+    "hub": "hub receipt → session receipt",
 }
 
 

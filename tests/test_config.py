@@ -23,7 +23,7 @@ from tradeday.config import ConfigError, SessionConfig, parse_session_config
         ({"risk": {"max_position": 0}}, "risk.max_position: Input should be greater than 0"),
         (
             {"feed": {"source": "nasdaq"}},
-            "feed.source: Input should be 'replay', 'iex', 'sip' or 'test'",
+            "feed.source: Input should be 'replay', 'iex', 'sip', 'test' or 'hub'",
         ),
         ({"symbols": []}, "symbols: List should have at least 1 item"),
     ],

@@ -27,8 +27,7 @@ from cpquant.data import AlpacaRealtimeClient
 from websockets.exceptions import ConnectionClosed
 
 from tradeday import recording
-from tradeday.replay import END_OF_REPLAY, Faults, ReplayServer
-from tradeday.replay import server as replay_server
+from tradeday.replay import END_OF_REPLAY, Faults, ReplayServer, protocol
 from tradeday.replay.wire import Block, Format, messages, parse_rfc3339, rfc3339
 
 FIXTURE = Path(__file__).parent / "fixtures" / "es-2013-09-03-open.parquet"
@@ -502,7 +501,7 @@ def test_server_loop_is_private_to_its_thread() -> None:
 
 
 def test_stop_cuts_a_client_that_stopped_reading(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(replay_server, "STOP_GRACE", 0.2)
+    monkeypatch.setattr(protocol, "STOP_GRACE", 0.2)
     big = pa.concat_tables([TABLE] * 20)  # more than socket buffers hold
     srv = ReplayServer(big).start()
     ws = authed(srv)

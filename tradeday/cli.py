@@ -404,6 +404,21 @@ def replay_server(
     serve_forever(data, port=port, speed=speed, start_ns=start_ns)
 
 
+@app.command(
+    add_help_option=False,  # --help goes to the hub's own parser, with the options
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def hub(ctx: typer.Context) -> None:
+    """Share the account's one Alpaca market-data stream among local sessions (docs/hub.md).
+
+    Its options live in tradeday/hub/main.py: `tradeday hub --help` lists them.
+    """
+    from tasks.credentials import alpaca_credentials
+    from tradeday.hub.main import main as hub_main
+
+    raise typer.Exit(hub_main(ctx.args, alpaca_credentials))
+
+
 @app.command()
 def record(
     date_: Annotated[

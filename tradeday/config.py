@@ -89,10 +89,11 @@ class FeedConfig(BaseModel):
 
     model_config = ConfigDict(FROZEN, title="Feed")
 
-    source: Literal["replay", "iex", "sip", "test"] = Field(
+    source: Literal["replay", "iex", "sip", "test", "hub"] = Field(
         "replay",
         title="Source",
-        description="replay: the embedded replay server on recorded data; iex/sip/test: Alpaca's live streams",
+        description="replay: the embedded replay server on recorded data; iex/sip/test: Alpaca's live streams; "
+        "hub: the local `tradeday hub` sharing the account's one stream (docs/hub.md)",
     )
     recording: str | None = Field(
         None,
@@ -105,7 +106,11 @@ class FeedConfig(BaseModel):
         title="Replay speed",
         description="Multiple of real time; empty = as fast as possible",
     )
-    url: str | None = Field(None, title="Stream URL", description="Override the stream URL")
+    url: str | None = Field(
+        None,
+        title="Stream URL",
+        description="Override the stream URL (for hub: where `tradeday hub` listens, default ws://127.0.0.1:8766)",
+    )
     stale_after_s: float = Field(
         30.0,
         gt=0,

@@ -7,9 +7,12 @@ module keeps using that client for real and works around each of those:
 - the URL and keys are redirected only while ``__init__`` runs (:func:`open_client`);
 - ``listen`` runs on a feed thread, never the main thread, so a SIGTERM (Prefect's
   ``TerminationSignal``) lands in the session's main thread where ``finally`` flattens;
-- the auth reply is checked: 402/406/409 end the session with a clear error, no retry;
+- the auth reply is checked: 402/406/409 end the session with a clear error, no retry
+  (except a 406 within ``retry_refused_s``, which the hub uses: Alpaca keeps a dropped
+  connection alive for a while, so a reconnect is refused until it lets go);
 - a dropped or silent stream is reconnected with exponential backoff and jitter, then
-  re-authenticated and resubscribed;
+  re-authenticated and resubscribed to the current subscription, which
+  :meth:`StreamFeed.set_subscription` can change while the feed runs;
 - an exception while handling a frame (a model's bug, say) ends the feed with that
   exception, which the session raises, instead of passing for a dropped connection;
 - two harmless messages on every successful session are turned into one debug line each
@@ -29,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import websockets.exceptions
 import websockets.sync.client as ws_client
@@ -128,6 +131,12 @@ def open_client(url: str, key: str, secret: str) -> Any:
                     os.environ[name] = value
 
 
+class FrameSink(Protocol):
+    """Where the feed thread hands each frame: the session's Decoder, or the hub's router."""
+
+    def feed(self, raw: str | bytes) -> None: ...
+
+
 class _StopListening(Exception):
     """Raised inside the frame handler to leave cpquant's ``listen`` (which swallows it)."""
 
@@ -137,6 +146,8 @@ class FeedStats:
     connects: int = 0
     reconnects: int = 0
     drops: int = 0
+    refused: int = 0
+    frames: int = 0
     stale_reconnects: int = 0
     errors: list[str] = field(default_factory=list)
 
@@ -150,7 +161,7 @@ class StreamFeed:
         key: str,
         secret: str,
         symbols: Sequence[str],
-        decoder: Decoder,
+        decoder: Decoder | FrameSink,
         *,
         trades: bool = True,
         quotes: bool = False,
@@ -158,22 +169,34 @@ class StreamFeed:
         backoff_base: float = 0.5,
         backoff_cap: float = 30.0,
         max_reconnects: int = 1_000,
+        retry_refused_s: float = 0.0,
         clock: Callable[[], int] | None = None,
         logger: logging.Logger | logging.LoggerAdapter | None = None,
+        on_drop: Callable[[], None] | None = None,
         seed: int | None = None,
     ) -> None:
         """``clock`` gives the tick time of the last event handled: the tick time between
         the last event before a reconnect and the first after it is a gap, logged to
-        ``logger`` and kept in :attr:`gaps`."""
+        ``logger`` and kept in :attr:`gaps`. ``on_drop`` is called on the feed thread each
+        time a connection is lost (or fails) and a reconnect follows."""
         self.url = url
         self._key = key
         self._secret = secret
         self.symbols = list(symbols)
         self.decoder = decoder
-        self.kinds = (trades, quotes, bars)
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.max_reconnects = max_reconnects
+        self.retry_refused_s = retry_refused_s
+        self.on_drop = on_drop
+        self._wanted = {
+            kind: list(self.symbols) if on else []
+            for kind, on in zip(("trades", "quotes", "bars"), (trades, quotes, bars), strict=True)
+        }
+        self._live: dict[str, list[str]] | None = None  # what the current connection carries
+        self._subscription_lock = threading.Lock()
+        self._refused_since: float | None = None
+        self._refused = False
         self.clock = clock
         self.log = logger or log
         self.gaps: list[tuple[int, int]] = []
@@ -227,10 +250,38 @@ class StreamFeed:
         except Exception:  # already closed or half-open: nothing left to release
             log.debug("feed: close raised", exc_info=True)
 
+    def set_subscription(
+        self, trades: Sequence[str] = (), quotes: Sequence[str] = (), bars: Sequence[str] = ()
+    ) -> None:
+        """Change what the stream carries while it runs (the hub's union of its sessions).
+
+        The difference goes out at once on a live connection (unsubscribe, then subscribe),
+        and the whole set on every reconnect. Safe from any thread: websockets' sync client
+        sends from one thread while another receives.
+        """
+        wanted = {"trades": list(trades), "quotes": list(quotes), "bars": list(bars)}
+        with self._subscription_lock:
+            self._wanted = wanted
+            live, client = self._live, self._client
+            if live is None or client is None:
+                return  # the next connection subscribes to ``wanted`` whole
+            drop = {k: [s for s in live[k] if s not in v] for k, v in wanted.items()}
+            add = {k: [s for s in v if s not in live[k]] for k, v in wanted.items()}
+            try:
+                for action, change in (("unsubscribe", drop), ("subscribe", add)):
+                    change = {k: v for k, v in change.items() if v}
+                    if change:
+                        client.socket.send(json.dumps({"action": action, **change}))
+            except (OSError, websockets.exceptions.ConnectionClosed):
+                log.warning("feed: connection lost while changing the subscription")
+                return  # the reconnect sends ``wanted`` whole
+            self._live = wanted
+
     def _on_frame(self, raw: str | bytes) -> None:
         if self._stopping.is_set() or self._fatal is not None:
             raise _StopListening
         self.last_frame = time.monotonic()
+        self.stats.frames += 1
         try:
             self.decoder.feed(raw)
         except Exception as exc:
@@ -241,7 +292,7 @@ class StreamFeed:
             raise _StopListening from exc
         if self._gap_from is not None:
             self._close_gap()
-        if self._fatal is not None:
+        if self._fatal is not None or self._refused:
             raise _StopListening
 
     def _close_gap(self) -> None:
@@ -261,15 +312,28 @@ class StreamFeed:
     def on_control(self, msg: dict) -> None:
         """Control messages from the decoder: auth and subscription replies, errors."""
         if msg.get("T") != "error":
+            if msg.get("msg") == "authenticated":
+                self._refused_since = None
             log.debug("feed: %s", msg)
             return
         code = msg.get("code")
         text = f"stream error {code}: {msg.get('msg', '')}"
         self.stats.errors.append(text)
-        if code in FATAL_CODES:
+        if code == 406 and self._retry_refusal():
+            log.warning("feed: %s; retrying: the account's last connection may linger", text)
+            self.stats.refused += 1
+            self._refused = True
+        elif code in FATAL_CODES:
             self._fatal = f"{text} ({FATAL_CODES[code]})"
         else:
             log.warning("feed: %s", text)
+
+    def _retry_refusal(self) -> bool:
+        """A 406 is retried for ``retry_refused_s`` from the first one of a run of them."""
+        now = time.monotonic()
+        if self._refused_since is None:
+            self._refused_since = now
+        return now - self._refused_since < self.retry_refused_s
 
     def _subscribe(self, client: Any) -> None:
         """Every kind in one subscribe message, on cpquant's socket.
@@ -278,22 +342,27 @@ class StreamFeed:
         replay starts its tape at the first subscription: a bars-only recording could be
         over before the bars subscription arrived. Alpaca accepts them in one message.
         """
-        message: dict[str, Any] = {"action": "subscribe"}
-        for kind, wanted, subscribed in zip(
-            ("trades", "quotes", "bars"),
-            self.kinds,
-            (client.curr_trades, client.curr_quotes, client.curr_bars),
-            strict=True,
-        ):
-            if wanted:
-                message[kind] = list(self.symbols)
-                subscribed.extend(self.symbols)
-        client.socket.send(json.dumps(message))
+        with self._subscription_lock:
+            wanted = {kind: list(symbols) for kind, symbols in self._wanted.items()}
+            message: dict[str, Any] = {"action": "subscribe"}
+            for (kind, symbols), subscribed in zip(
+                wanted.items(),
+                (client.curr_trades, client.curr_quotes, client.curr_bars),
+                strict=True,
+            ):
+                if symbols:
+                    message[kind] = symbols
+                    subscribed.extend(symbols)
+            if len(message) > 1:
+                client.socket.send(json.dumps(message))
+            self._live = wanted
 
     def _run(self) -> None:
         attempt = 0
         try:
             while not self._stopping.is_set():
+                with self._subscription_lock:
+                    self._live = None
                 try:
                     self._client = open_client(self.url, self._key, self._secret)
                     self.stats.connects += 1
@@ -307,10 +376,10 @@ class StreamFeed:
                         # dropped mid-subscribe: frames already received are still
                         # buffered, and listen() below drains them before it returns
                         log.warning("feed: connection closed while subscribing")
-                    frames_before = self.decoder.stats.frames
+                    frames_before = self.stats.frames
                     self.last_frame = time.monotonic()
                     self._client.listen(self._on_frame)
-                    if self.decoder.stats.frames - frames_before > 2:
+                    if self.stats.frames - frames_before > 2 and not self._refused:
                         attempt = 0
                 except (OSError, websockets.exceptions.WebSocketException) as exc:
                     # refused, reset, handshake or timeout: all worth a retry
@@ -326,6 +395,9 @@ class StreamFeed:
                 if getattr(connection, "close_reason", "") == END_OF_REPLAY:
                     self.end_reason = "end of data"
                     return
+                if self._refused:
+                    self._refused = False
+                    self._close_socket()
                 self.stats.drops += 1
                 if self.stats.drops > self.max_reconnects:
                     self.error = FeedError(f"gave up after {self.max_reconnects} reconnects")
@@ -337,6 +409,8 @@ class StreamFeed:
                 log.warning(
                     "feed: connection lost; reconnecting in %.2fs (attempt %d)", delay, attempt
                 )
+                if self.on_drop is not None:
+                    self.on_drop()
                 self._stopping.wait(delay)
         finally:
             self._client = None if self._stopping.is_set() else self._client

@@ -11,11 +11,15 @@ never which source it has.
   replay server already running at ``feed.url``). Tick time is the only clock.
 - :class:`AlpacaSource` is Alpaca's live stream (``iex``, ``sip`` or ``test``), on the
   wall clock of the trading day.
+- :class:`HubSource` is the local hub (``tradeday hub``) sharing the account's one Alpaca
+  stream among sessions: live rules on the day itself, replay rules for a past day (a
+  rehearsal, the hub fed by a replay server).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -25,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from tradeday import history, recording
 from tradeday.events import MINUTE_NS, NS_PER_S, Bar, SessionWindow
-from tradeday.feed import ENDPOINTS
+from tradeday.feed import ENDPOINTS, FeedError
 
 if TYPE_CHECKING:
     from tradeday.config import FeedConfig
@@ -224,11 +228,85 @@ class AlpacaSource(Source):
         return time.time_ns() >= stop_at_ns
 
 
+class HubSource(AlpacaSource):
+    """The local hub: one upstream Alpaca connection for every session on the account.
+
+    The stream needs the hub's local credential (``TRADEDAY_HUB_SECRET``), never the
+    Alpaca keys; the warm-up history still comes from Alpaca's REST API with the keys when
+    there are any. A session for a day already over is a rehearsal (the hub's upstream is
+    a replay server): tick time is then the only clock, as in a replay, and the warm-up
+    comes from the recording.
+    """
+
+    backoff_base = 0.5  # a restarting hub is back within seconds
+
+    def __init__(
+        self, feed: FeedConfig, window: SessionWindow, credentials: Credentials | None = None
+    ) -> None:
+        super().__init__(feed, window, credentials)
+        self.rehearsal = window.close_ns <= time.time_ns()
+        self.tick_clock = self.rehearsal
+
+    def open(self) -> Endpoint:
+        from tradeday.hub import DEFAULT_URL, HUB_KEY, SECRET_VAR
+
+        url = self.feed.url or DEFAULT_URL
+        secret = os.environ.get(SECRET_VAR)
+        if not secret:
+            raise FeedError(
+                f"feed.source 'hub' needs the hub's local credential: set {SECRET_VAR} to the "
+                "value the hub runs with (deployments/systemd/tradeday.env.example)"
+            )
+        _reachable(url)
+        return Endpoint(url, HUB_KEY, secret)
+
+    def history(self, symbols: Sequence[str]) -> list[Bar]:
+        if self.rehearsal:
+            path = Path(self.feed.recording) if self.feed.recording else None
+            return history.recorded(
+                path or recording.bundled(self.window.day), list(symbols), self.window
+            )
+        return super().history(symbols)
+
+    def wait_for_open(self, stop: threading.Event, logger: Any = log) -> None:
+        if not self.rehearsal:
+            super().wait_for_open(stop, logger)
+
+    def is_stale(self, seconds_since_frame: float) -> bool:
+        if self.rehearsal:  # no market hours on tick time: the plain rule
+            return Source.is_stale(self, seconds_since_frame)
+        return super().is_stale(seconds_since_frame)
+
+    def past(self, stop_at_ns: int) -> bool:
+        return not self.rehearsal and super().past(stop_at_ns)
+
+
+def _reachable(url: str) -> None:
+    """Fail the session's start with how to fix it when no hub answers at ``url``.
+
+    A websocket handshake up to the hub's ``connected``, then a clean close: a bare TCP
+    probe would leave a handshake error in the hub's log for every session start.
+    """
+    from websockets.exceptions import WebSocketException
+    from websockets.sync.client import connect
+
+    try:
+        with connect(url, open_timeout=2.0, close_timeout=1.0) as ws:
+            ws.recv(timeout=2.0)
+    except (OSError, TimeoutError, WebSocketException) as exc:
+        raise FeedError(
+            f"no tradeday hub at {url} ({getattr(exc, 'strerror', None) or exc}): start it "
+            "with `tradeday hub` (or `systemctl start tradeday-hub`), or set feed.url to "
+            "where it listens; docs/hub.md"
+        ) from None
+
+
 SOURCES: dict[str, type[Source]] = {  # feed.source -> its class
     "replay": ReplaySource,
     "iex": AlpacaSource,
     "sip": AlpacaSource,
     "test": AlpacaSource,
+    "hub": HubSource,
 }
 
 

@@ -3,6 +3,8 @@
 It speaks the real protocol (connected / auth / subscribe / errors 400-406, JSON or
 msgpack frames, batched data messages), so the very client used live (cpquant's
 ``AlpacaRealtimeClient``, or alpaca-py's ``StockDataStream``) runs unchanged against it.
+The handshake and subscriptions live in ``tradeday.replay.protocol`` (shared with the hub);
+this module is the tape.
 
 The tape. The server holds one replay position, like a live market: it does not restart
 per connection. It advances only while at least one client is subscribed to something,
@@ -24,26 +26,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import signal
 import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal
 
-import msgpack
 import numpy as np
-import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
-from websockets.asyncio.server import ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from tradeday import recording
 from tradeday.events import NS_PER_S
+from tradeday.replay.protocol import (
+    Connection,
+    ServerStats,
+    StreamServer,
+)
 from tradeday.replay.wire import Block, Format, frame, join, timestamp
 
 log = logging.getLogger(__name__)
@@ -51,27 +54,8 @@ log = logging.getLogger(__name__)
 END_OF_REPLAY = "end of replay"
 """Close reason (with code 1000) marking the end of the recording: tradeday's extension."""
 
-ERRORS = {
-    400: "invalid syntax",
-    401: "not authenticated",
-    402: "auth failed",
-    403: "already authenticated",
-    404: "auth timeout",
-    405: "symbol limit exceeded",
-    406: "connection limit exceeded",
-    407: "slow client",
-    409: "insufficient subscription",
-    500: "internal error",
-}
-CHANNELS = {"trades": "t", "quotes": "q", "bars": "b"}
-"""Subscription channels that carry recorded data, and the row ``kind`` each one gets."""
-QUIET_CHANNELS = ("updatedBars", "dailyBars", "statuses", "lulds", "corrections", "cancelErrors")
-"""Real Alpaca channels a recording has no data for: accepted, echoed, never sent."""
 BLOCK = 4096
 """Rows decoded per step of the tape: large enough to amortise Arrow calls, small in memory."""
-STOP_GRACE = 2.0
-"""Seconds ``stop()`` gives each client to complete the close handshake before cutting it."""
-
 Malformed = Literal["truncated", "unknown_type", "missing_fields", "non_monotonic"]
 
 
@@ -112,17 +96,13 @@ class Faults:
 
 
 @dataclass
-class ReplayStats:
-    """Counters, updated by the server thread; read them any time (ints are atomic)."""
+class ReplayStats(ServerStats):
+    """The tape's counters beside the connection counters; read them any time."""
 
     events: int = 0
     position: int = 0
-    connections: int = 0
-    active: int = 0
-    authenticated: int = 0
     frames: int = 0
     messages: dict[str, int] = field(default_factory=lambda: {"t": 0, "q": 0, "b": 0})
-    errors: dict[int, int] = field(default_factory=dict)
     drops: int = 0
     silences: int = 0
     malformed: int = 0
@@ -134,22 +114,12 @@ class ReplayStats:
         return sum(self.messages.values())
 
 
-class _Client:
-    """One websocket connection's protocol state."""
+class _Client(Connection):
+    """A connection's place on the tape: its pending messages and cached row selection."""
 
     def __init__(self, ws: ServerConnection, fmt: Format) -> None:
-        self.ws = ws
-        self.fmt = fmt
-        self.authenticated = False
-        self.alive = True
-        self.channels: dict[str, dict[str, None]] = {
-            name: {} for name in (*CHANNELS, *QUIET_CHANNELS)
-        }
-        self.wanted: dict[str, dict[str, None]] = {
-            kind: self.channels[name] for name, kind in CHANNELS.items()
-        }
+        super().__init__(ws, fmt)
         self.pending: list[bytes] = []
-        self.version = 0  # bumped on every subscription change: invalidates the selection
         self._selection: tuple[int, int, np.ndarray | None] = (-1, -1, None)
 
     def selection(self, block: Block) -> np.ndarray | None:
@@ -165,18 +135,8 @@ class _Client:
             return np.arange(j, k)
         return rows[np.searchsorted(rows, j) : np.searchsorted(rows, k)]
 
-    def subscribed(self) -> bool:
-        return any(self.wanted.values())
 
-    def subscription(self) -> dict[str, Any]:
-        reply: dict[str, Any] = {"T": "subscription"}
-        for name, symbols in self.channels.items():
-            if name in CHANNELS or symbols:
-                reply[name] = list(symbols)
-        return reply
-
-
-class ReplayServer:
+class ReplayServer(StreamServer):
     """Serve a recording over the Alpaca v2 stream protocol from a background thread.
 
     ``data`` is a recording path or a table in ``tradeday.recording.SCHEMA``, cut to
@@ -191,6 +151,9 @@ class ReplayServer:
     where clients connect (any path is accepted); ``stats`` are live counters. See the
     module docstring for how the shared tape behaves.
     """
+
+    path = "/v2/replay"
+    thread_name = "replay-server"
 
     def __init__(
         self,
@@ -209,206 +172,48 @@ class ReplayServer:
         auth_timeout: float = 10.0,
         allow_remote: bool = False,
     ) -> None:
-        if not allow_remote and not _is_loopback(host):
-            raise ValueError(f"refusing to bind {host!r}: not loopback (pass allow_remote=True)")
         if speed is not None and speed <= 0:
             raise ValueError(f"speed must be > 0 or None, got {speed}")
-        if batch < 1 or max_connections < 1:
-            raise ValueError("batch and max_connections must be >= 1")
-        self.host = host
+        if batch < 1:
+            raise ValueError("batch must be >= 1")
+        table = _select(data, start_ns, end_ns)
+        super().__init__(
+            host,
+            port,
+            key=key,
+            secret=secret,
+            max_connections=max_connections,
+            symbol_limit=symbol_limit,
+            auth_timeout=auth_timeout,
+            allow_remote=allow_remote,
+            stats=ReplayStats(events=len(table)),
+        )
+        self.stats: ReplayStats
+        self.table = table
         self.speed = speed
         self.batch = batch
-        self.key = key
-        self.secret = secret
-        self.max_connections = max_connections
-        self.symbol_limit = symbol_limit
         self.faults = faults or Faults()
-        self.auth_timeout = auth_timeout
-        self.table = _select(data, start_ns, end_ns)
-        self.stats = ReplayStats(events=len(self.table))
-        self._port = port
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._failure: BaseException | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stopping: asyncio.Event | None = None
         self._wake: asyncio.Event | None = None
-        self._clients: set[_Client] = set()
         self._subscribed: list[_Client] = []
         self._ending: set[asyncio.Task[None]] = set()
-        self._authenticated = 0
         self._sent = 0  # data messages handed to connections, the count faults go by
         self._drop_at = self.faults.drop_after or self.faults.drop_every
         self._silent_at = self.faults.silent_after
         self._malformed_at = self.faults.malformed_after
         self._anchor: tuple[float, int] | None = None  # (loop time, tick ns) for paced replay
 
-    @property
-    def port(self) -> int:
-        return self._port
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"ws://{host}:{self._port}/v2/replay"
-
-    def start(self) -> ReplayServer:
-        """Start listening in a background thread; returns once clients can connect."""
-        if self._thread is not None:
-            return self
-        self._thread = threading.Thread(target=self._run, name="replay-server", daemon=True)
-        self._thread.start()
-        self._ready.wait()
-        if self._failure is not None:
-            self._thread.join()
-            raise self._failure
-        return self
-
-    def stop(self, timeout: float = 15.0) -> None:
-        """Close every client (code 1001) and the listener, then join the thread. Idempotent."""
-        thread, loop, stopping = self._thread, self._loop, self._stopping
-        if thread is None or not thread.is_alive():
-            return
-        if loop is not None and stopping is not None:
-            with contextlib.suppress(RuntimeError):  # loop already closed
-                loop.call_soon_threadsafe(stopping.set)
-        thread.join(timeout)
-
-    def __enter__(self) -> ReplayServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    # -- server thread -------------------------------------------------------------------
-
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as exc:  # reported to start() when it happens during startup
-            self._failure = exc
-        finally:
-            self._ready.set()
-
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stopping = asyncio.Event()
+    async def _prepare(self) -> None:
         self._wake = asyncio.Event()
-        # No compression: it would cost more CPU than loopback bandwidth. No keepalive pings:
-        # a slow consumer is throttled by backpressure, never cut off for a late pong.
-        async with serve(
-            self._handle, self.host, self._port, compression=None, ping_interval=None
-        ) as server:
-            self._port = next(iter(server.sockets)).getsockname()[1]
-            tape = asyncio.create_task(self._guarded_tape())
-            self._ready.set()
-            await self._stopping.wait()
-            tape.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await tape
-            await asyncio.gather(*(self._close_now(c) for c in tuple(self._clients)))
 
-    async def _close_now(self, client: _Client) -> None:
-        """Close with 1001, or cut the TCP connection of a client too stuck to answer."""
-        try:
-            await asyncio.wait_for(client.ws.close(1001, "replay server stopping"), STOP_GRACE)
-        except (TimeoutError, ConnectionClosed):
-            client.ws.transport.abort()
+    async def _background(self) -> None:
+        await self._guarded_tape()
 
-    # -- protocol ------------------------------------------------------------------------
+    def _connection(self, ws: ServerConnection, fmt: Format) -> _Client:
+        return _Client(ws, fmt)
 
-    async def _handle(self, ws: ServerConnection) -> None:
-        content_type = ws.request.headers.get("Content-Type", "") if ws.request else ""
-        fmt = Format.MSGPACK if "msgpack" in content_type else Format.JSON
-        client = _Client(ws, fmt)
-        self.stats.connections += 1
-        self.stats.active += 1
-        self._clients.add(client)
-        try:
-            await self._control(client, {"T": "success", "msg": "connected"})
-            try:
-                async with asyncio.timeout(self.auth_timeout):
-                    while not client.authenticated:
-                        if not await self._on_message(client, await ws.recv()):
-                            return
-            except TimeoutError:
-                await self._error(client, 404)
-                await ws.close(1008, ERRORS[404])
-                return
-            async for raw in ws:
-                if not await self._on_message(client, raw):
-                    return
-        except ConnectionClosed:
-            pass
-        finally:
-            self._forget(client)
-            self._clients.discard(client)
-            self.stats.active -= 1
-
-    async def _on_message(self, client: _Client, raw: str | bytes) -> bool:
-        """Handle one client message; False when the connection must end."""
-        message = _decode(raw)
-        action = message.get("action") if isinstance(message, dict) else None
-        if action == "auth":
-            return await self._auth(client, message)
-        if action in ("subscribe", "unsubscribe"):
-            if not client.authenticated:
-                await self._error(client, 401)
-            else:
-                await self._subscribe(client, message, action == "subscribe")
-            return True
-        await self._error(client, 400)
-        return True
-
-    async def _auth(self, client: _Client, message: dict[str, Any]) -> bool:
-        if client.authenticated:
-            await self._error(client, 403)
-        elif message.get("key") != self.key or message.get("secret") != self.secret:
-            await self._error(client, 402)
-        elif self._authenticated >= self.max_connections:
-            await self._error(client, 406)
-            await client.ws.close(1008, ERRORS[406])
-            return False
-        else:
-            client.authenticated = True
-            self._authenticated += 1
-            self.stats.authenticated += 1
-            await self._control(client, {"T": "success", "msg": "authenticated"})
-        return True
-
-    async def _subscribe(self, client: _Client, message: dict[str, Any], add: bool) -> None:
-        changes: dict[str, list[str]] = {}
-        for name in client.channels:
-            symbols = message.get(name)
-            if symbols is None:
-                continue
-            if not isinstance(symbols, list) or not all(isinstance(s, str) for s in symbols):
-                await self._error(client, 400)
-                return
-            changes[name] = symbols
-        updated = {name: dict(symbols) for name, symbols in client.channels.items()}
-        for name, symbols in changes.items():
-            for symbol in symbols:
-                if add:
-                    updated[name][symbol] = None
-                else:
-                    updated[name].pop(symbol, None)
-        if self.symbol_limit is not None:
-            distinct = {s for name in CHANNELS for s in updated[name]}
-            if len(distinct) > self.symbol_limit:
-                await self._error(client, 405)
-                return
-        for name, symbols in updated.items():  # in place: client.wanted shares these dicts
-            client.channels[name].clear()
-            client.channels[name].update(symbols)
-        client.version += 1
-        await self._control(client, client.subscription())
-        if client.alive and client.subscribed():
+    def _subscription_changed(self, client: Connection) -> None:
+        assert isinstance(client, _Client)
+        if client.subscribed():
             if client not in self._subscribed:
                 self._subscribed.append(client)
             assert self._wake is not None
@@ -417,23 +222,15 @@ class ReplayServer:
             self._subscribed.remove(client)
             client.pending.clear()
 
-    async def _control(self, client: _Client, message: dict[str, Any]) -> None:
-        await client.ws.send(frame([message], client.fmt), text=client.fmt is Format.JSON)
-
-    async def _error(self, client: _Client, code: int) -> None:
-        self.stats.errors[code] = self.stats.errors.get(code, 0) + 1
-        await self._control(client, {"T": "error", "code": code, "msg": ERRORS[code]})
-
-    def _forget(self, client: _Client) -> None:
-        """Take a client off the tape and free its connection slot (idempotent)."""
-        if not client.alive:
-            return
-        client.alive = False
+    def _forget(self, client: Connection) -> bool:
+        """Also take the client off the tape."""
+        if not super()._forget(client):
+            return False
+        assert isinstance(client, _Client)
         client.pending.clear()
         if client in self._subscribed:
             self._subscribed.remove(client)
-        if client.authenticated:
-            self._authenticated -= 1
+        return True
 
     # -- the tape ------------------------------------------------------------------------
 
@@ -446,8 +243,7 @@ class ReplayServer:
             for client in tuple(self._clients):
                 with contextlib.suppress(ConnectionClosed):
                     await self._error(client, 500)
-            assert self._stopping is not None
-            self._stopping.set()
+            self._request_stop()
 
     async def _run_tape(self) -> None:
         """Walk the recording once, in ranges of events that are due, for all subscribers."""
@@ -618,26 +414,6 @@ class ReplayServer:
         with contextlib.suppress(ConnectionClosed):
             await (await client.ws.ping())
             await client.ws.close(1000, END_OF_REPLAY)
-
-
-def _decode(raw: str | bytes) -> Any:
-    """A client message: msgpack (binary frames) or JSON; None when neither parses."""
-    if isinstance(raw, bytes):
-        with contextlib.suppress(ValueError, msgpack.UnpackException):
-            return msgpack.unpackb(raw)
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _select(data: str | Path | pa.Table, start_ns: int | None, end_ns: int | None) -> pa.Table:
