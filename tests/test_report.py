@@ -929,6 +929,28 @@ def test_a_session_completes_while_the_shell_holds_its_report(es_twenty_minutes,
     assert f"```\n{path.resolve()}\n```" in summary.data and "file://" not in summary.data
 
 
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_end_of_day_report_flow_writes_every_run_of_the_day_or_defers(tmp_path: Path):
+    from flows.report import end_of_day_report
+
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+    runs = [replay_bars(ledger, DAYS[0], m) for m in ("bar_trend", "bar_fade")]
+    path = tmp_path / "reports.duckdb"
+    kw = {"session_date": DAYS[0], "ledger_url": ledger.url, "report_path": str(path)}
+    state = end_of_day_report(**kw, return_state=True)
+    assert state.is_completed() and state.message == "2 run(s) written"
+    assert sorted(r["report"] for r in state.result()["runs"]) == ["written", "written"]
+    with held(path, "shell -readonly") as holder:
+        state = end_of_day_report(**kw, return_state=True)  # a rerun of the flow
+        assert state.is_completed()
+        assert f"is held by PID {holder_pid(holder)} (" in state.message
+        assert [r["report"] for r in state.result()["runs"]] == ["deferred", "deferred"]
+    wait_for_writer(path, f"wrote {sorted(runs)[-1]} into {path}")
+    for run_id in runs:
+        assert report_counts(path, run_id) == ledger_counts(ledger, run_id) != (0, 0)
+    ledger.close()
+
+
 @contextmanager
 def unwritable(folder: Path) -> Iterator[None]:
     """``folder`` made unwritable for real: chattr +i as root (who ignores modes), else chmod."""
