@@ -14,6 +14,9 @@ from models.registry import register
 from tradeday.events import MINUTE_NS, Bar, Order, SessionWindow, Trade, datetime_to_ns
 
 NEW_YORK = ZoneInfo("America/New_York")
+REGULAR_HOURS_HHMM = r"^(09:3[1-9]|09:[45][0-9]|1[0-5]:[0-5][0-9])$"
+"""HH:MM after the 09:30 open and before the 16:00 close, exactly what the validator below
+accepts: in the JSON schema, so Prefect refuses "25:00" (409) before a run exists."""
 
 
 class MoodyTraderParams(ModelParams):
@@ -42,6 +45,7 @@ class MoodyTraderParams(ModelParams):
         pattern=r"^\d\d:\d\d$",
         title="Mood swing (New York time, HH:MM)",
         description="From this time of day on, long turns short",
+        json_schema_extra={"pattern": REGULAR_HOURS_HHMM},
     )
     flat_minutes: int = flat_minutes_field()
 

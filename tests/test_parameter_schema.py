@@ -7,6 +7,8 @@ tests/test_deployments.py sends the same values to a real server.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from prefect.utilities.callables import parameter_schema
 from prefect.utilities.schema_tools.validation import ValidationError, validate
@@ -46,6 +48,10 @@ def prefect_refusal(schema: dict, model: dict) -> str:
             {"name": "opening_momentum", "threshold_pct": 99},
             "Validation failed for field 'config.model.threshold_pct'. "
             "Failure reason: 99 is greater than the maximum of 50",
+        ),
+        (
+            {"name": "moody_trader", "mood_swing": "25:00"},
+            "Validation failed for field 'config.model.mood_swing'. Failure reason: '25:00' does not match",
         ),
         (
             {"quantity": -5},  # no name: the default model, like SessionConfig
@@ -93,3 +99,18 @@ def test_integer_bounds_are_inclusive_so_the_form_enforces_them(schema):
     cash = defs["BrokerConfig"]["properties"]["starting_cash"]  # a float keeps > 0 too
     assert (cash["minimum"], cash["exclusiveMinimum"]) == (0, 0)
     assert prefect_refusal(schema, {"name": "volume_modulo", "quantity": 1}) == ""
+
+
+def test_mood_swing_pattern_accepts_exactly_what_the_model_accepts(schema):
+    """The schema's pattern (what the server checks) and the validator (what the model
+    runs with) agree on every minute of the day and on malformed times."""
+    pattern = schema["definitions"]["MoodyTraderParams"]["properties"]["mood_swing"]["pattern"]
+    times = [f"{h:02d}:{m:02d}" for h in range(24) for m in range(60)]
+    for value in [*times, "9:45", "12:00:00", "noon", "24:00", "12:60", ""]:
+        try:
+            SessionConfig.model_validate({"model": {"name": "moody_trader", "mood_swing": value}})
+            accepted = True
+        except ValueError:
+            accepted = False
+        assert (re.search(pattern, value) is not None) == accepted, value
+    assert sum(re.search(pattern, t) is not None for t in times) == 6 * 60 + 29  # 09:31-15:59

@@ -17,6 +17,7 @@ from tradeday import recording
 from tradeday.cli import main
 from tradeday.decode import parse_rfc3339_ns
 from tradeday.events import ns_to_datetime
+from tradeday.record import record_day
 from tradeday.replay.wire import rfc3339
 
 KEY, SECRET = "data-key", "data-secret"
@@ -201,3 +202,19 @@ def test_record_refuses_a_closed_day(tmp_path, monkeypatch):
             ]
         )
     assert "market closed 2026-11-26 (Thanksgiving)" in str(exc.value)
+
+
+def test_record_reports_progress_after_each_symbol(alpaca_data, tmp_path):
+    url, _ = alpaca_data
+    seen: list[float] = []
+    path, counts = record_day(
+        date(2013, 9, 3),
+        ["SPY", "QQQ"],
+        tmp_path / "r.parquet",
+        key_id=KEY,
+        secret_key=SECRET,
+        base_url=url,
+        progress=seen.append,
+    )
+    assert seen == [0.5, 1.0]
+    assert counts["SPY trades"] == 5_000 and path.exists()

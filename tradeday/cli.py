@@ -458,15 +458,17 @@ def record(
         )
     day = date_.date()
     try:
-        path, counts = record_day(
-            day,
-            symbols.split(","),
-            out or f"data/recordings/{day.isoformat()}.parquet",
-            key_id=key_id,
-            secret_key=secret,
-            feed=feed.value,
-            base_url=data_url,
-        )
+        with _progress_bar("recording") as advance:
+            path, counts = record_day(
+                day,
+                symbols.split(","),
+                out or f"data/recordings/{day.isoformat()}.parquet",
+                key_id=key_id,
+                secret_key=secret,
+                feed=feed.value,
+                base_url=data_url,
+                progress=advance,
+            )
     except MarketClosed as closed:
         sys.exit(f"tradeday: {closed}")
     for what, n in counts.items():

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -123,20 +123,26 @@ def record_day(
     secret_key: str,
     feed: str = "iex",
     base_url: str | None = None,
+    progress: Callable[[float], None] | None = None,
 ) -> tuple[Path, dict[str, int]]:
-    """Fetch the regular session's trades and minute bars and write one recording file."""
+    """Fetch the regular session's trades and minute bars and write one recording file.
+
+    ``progress`` gets the share of symbols done after each one (the CLI's progress bar).
+    """
     window = session_window(day)
     start, end = rfc3339_seconds(window.open_ns), rfc3339_seconds(window.close_ns)
     client = data_client(key_id, secret_key, base_url)
     frames: list[pd.DataFrame] = []
     counts: dict[str, int] = {}
-    for symbol in symbols:
+    for done, symbol in enumerate(symbols, start=1):
         trades = _trades(client, symbol, start, end, feed)
         bars = fetch_bars(client, symbol, start, end, feed)
         counts[f"{symbol} trades"] = len(trades)
         counts[f"{symbol} bars"] = len(bars)
         frames.extend(f for f in (trades, bars) if len(f))
         log.info("recorded %s: %d trades, %d bars", symbol, len(trades), len(bars))
+        if progress is not None:
+            progress(done / len(symbols))
     if not frames:
         raise LookupError(f"no data for {', '.join(symbols)} on {day} (feed {feed!r})")
     table = pa.concat_tables(
