@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tradeday import outcome, wiring
-from tradeday.brokers.base import AccountCloser, BrokerError, OrderHistory
+from tradeday.brokers.base import AccountCloser, BrokerError, OrderHistory, left_at_broker
 from tradeday.config import SessionConfig
 from tradeday.decode import Decoder
 from tradeday.events import Bar, SessionWindow, ns_to_datetime
@@ -264,7 +264,9 @@ class TradingSession:
         left = self.book.open_positions()
         if left:
             self._fail(f"NOT FLAT after {FLATTEN_TIMEOUT_S:.0f} s: {left}")
-        elif isinstance(self.broker, OrderHistory) and (stray := self._left_at_broker(self.broker)):
+        elif isinstance(self.broker, OrderHistory) and (
+            stray := left_at_broker(self.broker, f"{self.run_id}-", self.started_ns)
+        ):
             self._fail(f"the broker still has this session's {stray}")
         if self._no_data():
             self.message += f"; received no events for {','.join(self.config.symbols)}"
@@ -321,20 +323,6 @@ class TradingSession:
             return ""
         self.log.warning("owns the account: closed every position in it: %s", statuses or "none")
         return f"; closed the whole account ({len(statuses)} positions)" if statuses else ""
-
-    def _left_at_broker(self, broker: OrderHistory) -> str:
-        """Ask the broker, not the book: this session's open orders and net filled position."""
-        try:
-            mine = broker.orders_of(f"{self.run_id}-", since_ns=self.started_ns)
-        except BrokerError as err:  # shutdown must still record the run
-            return f"unverified orders ({err})"
-        net: dict[str, int] = {}
-        for order in mine:
-            net[order.symbol] = net.get(order.symbol, 0) + order.signed_filled
-        working = sorted(o.client_order_id for o in mine if o.working)
-        held = {s: q for s, q in net.items() if q}
-        parts = [f"open orders {working}"] if working else []
-        return ", ".join(parts + ([f"positions {held}"] if held else []))
 
     def result(self) -> SessionResult:
         return SessionResult.of(

@@ -170,6 +170,22 @@ class OrderHistory(Protocol):
     def cancel(self, broker_order_id: str) -> None: ...
 
 
+def left_at_broker(broker: OrderHistory, prefix: str, since_ns: int) -> str:
+    """Ask the broker, not a book: the open orders and net filled position of the orders
+    whose ``client_order_id`` starts with ``prefix`` (one run's); "" when nothing is left."""
+    try:
+        mine = broker.orders_of(prefix, since_ns=since_ns)
+    except BrokerError as err:  # the caller is shutting down and must still record the run
+        return f"unverified orders ({err})"
+    net: dict[str, int] = {}
+    for order in mine:
+        net[order.symbol] = net.get(order.symbol, 0) + order.signed_filled
+    working = sorted(o.client_order_id for o in mine if o.working)
+    held = {s: q for s, q in net.items() if q}
+    parts = [f"open orders {working}"] if working else []
+    return ", ".join(parts + ([f"positions {held}"] if held else []))
+
+
 @runtime_checkable
 class AccountCloser(Protocol):
     """A broker that can close a whole account, for sessions configured to own it."""
