@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from models.base import Model
 from tradeday.book import Book
 from tradeday.brokers.base import Broker, BrokerOrder, ExecType, Execution
-from tradeday.events import MINUTE_NS, Bar, Order, Quote, Side, Trade
+from tradeday.events import MINUTE_NS, Bar, Order, Quote, Side, TimeInForce, Trade
 from tradeday.records import (
     Batch,
     FillRecord,
@@ -233,7 +233,15 @@ class Engine:
         self.stats.orders += 1
         self.risk.order_sent(order)
         self.broker.submit(
-            BrokerOrder(coid, order.symbol, order.side, order.qty, self.clock, order.limit_price)
+            BrokerOrder(
+                coid,
+                order.symbol,
+                order.side,
+                order.qty,
+                self.clock,
+                order.limit_price,
+                TimeInForce(order.tif),  # a model may have given the plain string
+            )
         )
         return coid
 

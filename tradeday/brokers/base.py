@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
-from tradeday.events import Bar, Quote, Side, Trade
+from tradeday.events import Bar, Quote, Side, TimeInForce, Trade
 
 
 class BrokerError(RuntimeError):
@@ -47,6 +47,7 @@ class BrokerOrder:
     qty: int
     ts: int
     limit_price: float | None = None
+    tif: TimeInForce = TimeInForce.DAY
 
 
 @dataclass(frozen=True, slots=True)
