@@ -53,9 +53,7 @@ def make_broker(config: SessionConfig, credentials: Credentials | None) -> Broke
     """The configured broker, not yet started (no connection, no account check)."""
     b = config.broker
     if b.kind == "simulated":
-        return SimulatedBroker(
-            b.starting_cash, b.latency_ms, b.slippage_bps, b.commission_per_share
-        )
+        return SimulatedBroker.from_config(b)
     if credentials is None:
         raise ValueError(
             "broker.kind is 'alpaca' but no Alpaca keys were found: set APCA_API_KEY_ID and "
