@@ -515,11 +515,12 @@ class AlpacaPaperBroker(Broker):
                 self._unconfirmed[cid] = order
             return
         log.info(
-            "order %s %s %s %d accepted as %s in %.1f ms",
+            "order %s %s %s %d %s accepted as %s in %.1f ms",
             cid,
             order.side.value,
             order.symbol,
             order.qty,
+            order.tif.value,
             placed.id,
             (time.perf_counter() - started) * 1000,
         )
@@ -733,7 +734,7 @@ class AlpacaPaperBroker(Broker):
             "symbol": order.symbol,
             "qty": order.qty,
             "side": OrderSide(order.side.value),
-            "time_in_force": TimeInForce.DAY,
+            "time_in_force": TimeInForce(order.tif.value),
             "client_order_id": order.client_order_id,
         }
         if order.limit_price is None:
