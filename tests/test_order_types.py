@@ -4,15 +4,23 @@ early-close day (2026-11-27, close 13:00 ET) and around a holiday (2026-11-26)."
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Sequence
+from datetime import date, datetime
 
 import pytest
 
+from models.base import NO_ORDERS, Model
+from models.volume_modulo import VolumeModuloParams
+from tradeday import recording as recordings
 from tradeday.auctions import AuctionRefused, auction_session
+from tradeday.book import Book
 from tradeday.brokers.base import BrokerOrder
 from tradeday.brokers.simulated import SimulatedBroker
-from tradeday.calendar import EXCHANGE_TZ
-from tradeday.events import Bar, Quote, Side, TimeInForce, Trade, datetime_to_ns
+from tradeday.calendar import EXCHANGE_TZ, session_window
+from tradeday.config import RiskLimits
+from tradeday.engine import Engine
+from tradeday.events import Bar, Order, Quote, Side, TimeInForce, Trade, buy, datetime_to_ns
+from tradeday.risk import RiskGate
 
 BUY, SELL = Side.BUY, Side.SELL
 DAY, IOC, OPG, CLS = TimeInForce.DAY, TimeInForce.IOC, TimeInForce.OPG, TimeInForce.CLS
@@ -335,3 +343,46 @@ def test_auction_sessions_follow_the_calendar():
     assert after_close.day.isoformat() == FRIDAY  # Thursday is Thanksgiving
     with pytest.raises(AuctionRefused, match="cls orders must be sent before 15:50 ET"):
         auction_session(CLS, et(TUE, "15:50:00"))
+
+
+# -- through the engine, on a bundled recording --------------------------------------------
+
+
+class _BuysAtTheClose(Model):
+    """A test model: one cls buy at its first bar."""
+
+    params_class = VolumeModuloParams
+
+    def on_bar(self, bar: Bar, position: int) -> Sequence[Order]:
+        if getattr(self, "sent", False):
+            return NO_ORDERS
+        self.sent = True
+        return (buy(bar.symbol, 10, tif=CLS),)
+
+
+def test_a_cls_order_from_a_model_fills_at_the_close_of_the_recorded_last_bar():
+    day = date(2023, 1, 3)
+    window = session_window(day)
+    path = recordings.bundled(day)
+    table = recordings.load(path, ["AAPL"], window.open_ns, window.close_ns, ["b"])
+    bars = [event for _, event in recordings.events(table)]
+    book = Book(1e6)
+    engine = Engine(
+        "r1",
+        _BuysAtTheClose(VolumeModuloParams(), ["AAPL"]),
+        SimulatedBroker(1e6),
+        RiskGate(RiskLimits(), book),
+        book,
+        model_name="test",
+        stop_at_ns=window.close_ns,
+    )
+    for bar in bars:
+        engine.on_events((bar,))
+    batch = engine.take_batch()
+    last = bars[-1]
+    assert last.ts == window.close_ns - MIN  # the 15:59 bar ends at the close
+    assert [(o["side"], o["qty"], o["ts"]) for o in batch.new_orders] == [("buy", 10, bars[0].ts)]
+    assert [(f["qty"], f["price"], f["ts"]) for f in batch.fills] == [
+        (10, last.close, window.close_ns)
+    ]
+    assert book.open_positions() == {"AAPL": 10}
