@@ -566,3 +566,23 @@ def test_ioc_remainder_is_canceled_at_once(servers, brokers) -> None:
         ("r1-m-2", ExecType.CANCELED, BUY, 0, 0.0, "canceled"),
     ]
     assert server.positions == {"SPY": -4}
+
+
+def test_cancel_order_cancels_a_working_order_and_leaves_an_ended_one(servers, brokers) -> None:
+    server = servers(fill_price={"SPY": 100.0}, fill_mode="manual")
+    broker = brokers(server)
+    broker.submit(order("r1-m-1", BUY, 5, limit_price=99.0))
+    broker.submit(order("r1-m-2", BUY, 5))
+    collect(broker, 2)
+    server.fill("r1-m-2")
+    assert [brief(e) for e in collect(broker, 1)] == [("r1-m-2", FILL, BUY, 5, 100.0, "")]
+    broker.cancel_order("r1-m-1", 0)
+    broker.cancel_order("r1-m-2", 0)  # filled already: nothing to cancel
+    broker.cancel_order("r1-m-9", 0)  # never sent
+    assert [brief(e) for e in collect(broker, 1)] == [
+        ("r1-m-1", ExecType.CANCELED, BUY, 0, 0.0, "canceled")
+    ]
+    assert [(o["client_order_id"], o["status"]) for o in server.orders] == [
+        ("r1-m-1", "canceled"),
+        ("r1-m-2", "filled"),
+    ]

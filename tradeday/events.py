@@ -203,6 +203,41 @@ def sell(
 
 
 @dataclass(frozen=True, slots=True)
+class Cancel:
+    """What a model returns to cancel its own working orders in ``symbol``.
+
+    Every working order of the model in that symbol, or only those tagged ``tag`` when it
+    is given. Whatever filled before the broker took the cancel stays filled.
+    """
+
+    symbol: str
+    tag: str | None = None
+
+
+Intent = Order | Cancel
+"""What a model's callbacks return: orders to send and cancels of its working orders."""
+
+
+@dataclass(frozen=True, slots=True)
+class Fill:
+    """One execution of a model's own order, as ``Model.on_fill`` sees it."""
+
+    order: Order  # the model's order, as it returned it (tag, limit, time in force)
+    qty: int
+    price: float
+    ts: int
+    remaining: int  # what of the order is still working: 0 once it is filled
+
+    @property
+    def symbol(self) -> str:
+        return self.order.symbol
+
+    @property
+    def side(self) -> Side:
+        return self.order.side
+
+
+@dataclass(frozen=True, slots=True)
 class SessionWindow:
     """One exchange session: the regular open and close, UTC nanoseconds."""
 

@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from models.base import overrides
 from tradeday import outcome, wiring
 from tradeday.brokers.base import AccountCloser, BrokerError, OrderHistory
 from tradeday.config import SessionConfig
@@ -151,7 +152,7 @@ class TradingSession:
         """Stream until the close (less the buffer), the end of the recording, or a stop."""
         self.start()
         self.source.check(self.config.symbols, wiring.handled_kinds(self.model))
-        if wiring.uses(self.model, "warmup"):
+        if overrides(self.model, "warmup"):
             history = self._history()
             self.log.info("warm-up: %d bars before the open", len(history))
             self.model.warmup(history)
@@ -252,6 +253,7 @@ class TradingSession:
             self.broker.close()
             return self.result()
         deadline = time.monotonic() + FLATTEN_TIMEOUT_S
+        self.engine.cancel_working()  # resting limits and auction orders would never fill
         self.broker.flush(self.engine.clock)  # a simulator settles what it still holds
         self._settle(deadline)  # a real broker's in-flight orders land before we offset
         sent = self.engine.flatten()

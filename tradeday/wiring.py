@@ -12,6 +12,7 @@ import hashlib
 from dataclasses import dataclass
 
 import models
+from models.base import overrides
 from tradeday.book import Book
 from tradeday.brokers.base import Broker
 from tradeday.brokers.simulated import SimulatedBroker
@@ -64,17 +65,12 @@ def make_broker(config: SessionConfig, credentials: Credentials | None) -> Broke
     return AlpacaPaperBroker(credentials.key_id, credentials.secret_key, base_url=b.alpaca_url)
 
 
-def uses(model: models.Model, hook: str) -> bool:
-    """Whether the model overrides ``hook`` (``on_quote``, ``on_bar``, ``warmup``, ...)."""
-    return getattr(type(model), hook) is not getattr(models.Model, hook)
-
-
 HOOKS = {"t": "on_trade", "q": "on_quote", "b": "on_bar"}  # event kind -> model callback
 
 
 def handled_kinds(model: models.Model) -> list[str]:
     """The event kinds (``t``, ``q``, ``b``) whose callback the model implements."""
-    return [kind for kind, hook in HOOKS.items() if uses(model, hook)]
+    return [kind for kind, hook in HOOKS.items() if overrides(model, hook)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +92,8 @@ def subscriptions(model: models.Model, broker: Broker) -> Subscriptions:
     """Trades always (they mark positions); quotes and bars when something uses them."""
     return Subscriptions(
         trades=True,
-        quotes=uses(model, "on_quote") or broker.needs_quotes,
-        bars=uses(model, "on_bar"),
+        quotes=overrides(model, "on_quote") or broker.needs_quotes,
+        bars=overrides(model, "on_bar"),
     )
 
 

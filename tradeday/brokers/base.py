@@ -89,6 +89,13 @@ class Broker(ABC):
     def submit(self, order: BrokerOrder) -> None:
         """Send an order; its fate arrives later in :attr:`executions`."""
 
+    @abstractmethod
+    def cancel_order(self, client_order_id: str, now: int) -> None:
+        """Cancel a working order (one that ended already is left alone).
+
+        Its CANCELED execution, or its fills if it filled first, arrive in :attr:`executions`.
+        """
+
     def on_trade(self, trade: Trade) -> None:  # noqa: B027 - optional market-data hook
         """Market data for brokers that simulate fills; real brokers ignore it."""
 

@@ -46,7 +46,16 @@ from typing import TYPE_CHECKING
 
 from tradeday.auctions import AuctionRefused, auction_session
 from tradeday.brokers.base import Broker, BrokerOrder, ExecType, Execution
-from tradeday.events import MINUTE_NS, NS_PER_MS, Bar, Quote, SessionWindow, Side, TimeInForce, Trade
+from tradeday.events import (
+    MINUTE_NS,
+    NS_PER_MS,
+    Bar,
+    Quote,
+    SessionWindow,
+    Side,
+    TimeInForce,
+    Trade,
+)
 
 if TYPE_CHECKING:
     from tradeday.config import BrokerConfig
@@ -138,6 +147,14 @@ class SimulatedBroker(Broker):
             if self._chance(working, order.ts, None, ask, bid, ask_size, bid_size):
                 return  # a standing quote: its first chance is now
         self._pending.append(working)
+
+    def cancel_order(self, client_order_id: str, now: int) -> None:
+        for working in (*self._pending, *self._auctions):
+            if working.order.client_order_id == client_order_id:
+                self._pending = [w for w in self._pending if w is not working]
+                self._auctions = [w for w in self._auctions if w is not working]
+                self._end(working, ExecType.CANCELED, now, "canceled on request")
+                return
 
     # -- market data ------------------------------------------------------------------
 
