@@ -6,7 +6,8 @@ sent to the risk gate, never straight to a broker. ``position`` is the model's o
 position in the event's symbol, as the engine's book knows it after every fill so far.
 
 Version 2 adds what a model may want to hear about its own orders, ``on_fill`` and
-``on_reject``, and :class:`~tradeday.events.Cancel` among what callbacks return. A
+``on_reject``, ``before_open`` for orders sent before the open, and
+:class:`~tradeday.events.Cancel` among what callbacks return. A
 version 1 model is a version 2 model that overrides neither hook, so both are accepted;
 the engine calls a hook only when the model overrides it, so the others pay nothing.
 """
@@ -111,6 +112,12 @@ class Model(Generic[P]):
     def on_bar(self, bar: Bar, position: int) -> Sequence[Intent]:
         return NO_ORDERS
 
+    def before_open(self, window: SessionWindow, positions: Mapping[str, int]) -> Sequence[Intent]:
+        """At the session's start, after ``on_start``: ``positions`` are what the model holds
+        from its last session (empty unless it holds overnight). Orders for the opening
+        auction (``opg``) go here: Alpaca refuses them from 09:28 ET."""
+        return NO_ORDERS
+
     def on_fill(self, fill: Fill, position: int) -> Sequence[Intent]:
         """One fill (or part) of this model's own order; ``position`` already includes it."""
         return NO_ORDERS
@@ -118,6 +125,14 @@ class Model(Generic[P]):
     def on_reject(self, order: Order, reason: str) -> Sequence[Intent]:
         """The risk gate or the broker refused this model's ``order``; ``reason`` says why."""
         return NO_ORDERS
+
+
+def overnight_allowance(params: ModelParams) -> int:
+    """The position per symbol a model may hold past its session's end (0: it ends flat).
+
+    A model declares it with a ``max_overnight_position`` field in its params.
+    """
+    return int(getattr(params, "max_overnight_position", 0))
 
 
 def overrides(model: Model, hook: str) -> bool:

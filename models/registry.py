@@ -22,6 +22,7 @@ BUILTIN_MODULES = (
     "models.moody_trader",
     "models.mean_reversion",
     "models.ma_crossover",
+    "models.buy_close_sell_open",
 )
 
 _registry: dict[str, type[Model]] = {}

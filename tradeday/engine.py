@@ -26,6 +26,7 @@ from tradeday.events import (
     Intent,
     Order,
     Quote,
+    SessionWindow,
     Side,
     TimeInForce,
     Trade,
@@ -191,6 +192,18 @@ class Engine:
                 ) from exc
             finally:
                 stats.events += counted
+
+    def start(self, window: SessionWindow, at_ns: int) -> None:
+        """The session begins at tick time ``at_ns``: the model's ``on_start``, then what
+        its ``before_open`` returns, sent at once (the open's auction orders)."""
+        with self._lock:
+            self.clock = max(self.clock, at_ns)
+            self.model.on_start(window)
+            if not overrides(self.model, "before_open"):
+                return
+            for intent in self.model.before_open(window, self.book.open_positions()):
+                self._route((intent,), self.book.marks.get(intent.symbol, 0.0))
+            self._drain()
 
     def _close_minute(self, ts: int) -> None:
         """The first event of a new tick-time minute: buffer the marks the last one ended on.
@@ -409,19 +422,21 @@ class Engine:
 
     # -- main thread ----------------------------------------------------------------------
 
-    def flatten(self) -> dict[str, int]:
-        """Send offsetting orders for every open position of this session; return them.
+    def flatten(self, hold: int = 0) -> dict[str, int]:
+        """Send offsetting orders for the session's open positions; return them.
 
         Computed from the session's own book, never the broker's account view, so a
-        session sharing an account closes only what it opened.
+        session sharing an account closes only what it opened. ``hold`` is what may stay
+        open per symbol (a model's overnight allowance at a normal end; 0 otherwise).
         """
         with self._lock:
             self._closing = True
             self._drain()
-            return self._flatten_locked("flatten")
+            return self._flatten_locked("flatten", hold)
 
-    def _flatten_locked(self, tag: str) -> dict[str, int]:
-        """Offset the book plus what is still in flight, per symbol (caller holds the lock).
+    def _flatten_locked(self, tag: str, hold: int = 0) -> dict[str, int]:
+        """Offset the book plus what is still in flight, per symbol, down to ``hold``
+        (caller holds the lock).
 
         Working limit and auction orders are canceled first; a simulator's cancels land at
         once, a real broker's before the session's settle (see :meth:`cancel_working`).
@@ -433,11 +448,12 @@ class Engine:
         symbols = set(self.book.open_positions()) | {s for s, q in pending.items() if q}
         for symbol in sorted(symbols):
             remaining = self.book.qty(symbol) + pending.get(symbol, 0)
-            if remaining == 0:
+            excess = remaining - max(-hold, min(hold, remaining))
+            if excess == 0:
                 continue
-            side = Side.SELL if remaining > 0 else Side.BUY
-            self._send(Order(symbol, side, abs(remaining), tag=tag), purpose="flatten")
-            sent[symbol] = -remaining
+            side = Side.SELL if excess > 0 else Side.BUY
+            self._send(Order(symbol, side, abs(excess), tag=tag), purpose="flatten")
+            sent[symbol] = -excess
         self._drain()
         return sent
 

@@ -156,7 +156,7 @@ class TradingSession:
             history = self._history()
             self.log.info("warm-up: %d bars before the open", len(history))
             self.model.warmup(history)
-        self.model.on_start(self.window)
+        self.engine.start(self.window, wiring.start_ns(self.window, self.source.tick_clock))
         self.source.wait_for_open(self.engine.stop_requested, self.log)
         if self.engine.stop_requested.is_set():
             return

@@ -9,6 +9,7 @@ Nothing here does I/O: brokers connect in ``start``, sources in ``open``.
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass
 
 import models
@@ -97,6 +98,15 @@ def subscriptions(model: models.Model, broker: Broker) -> Subscriptions:
     )
 
 
+START_LEAD_NS = 5 * MINUTE_NS  # the deployments start sessions at 09:25 ET
+
+
+def start_ns(window: SessionWindow, tick_clock: bool) -> int:
+    """The tick time a session starts at: the wall clock live; in a replay the scheduled
+    start, five minutes before the open, so ``before_open`` orders meet Alpaca's cutoffs."""
+    return window.open_ns - START_LEAD_NS if tick_clock else time.time_ns()
+
+
 def stop_at_ns(config: SessionConfig, window: SessionWindow) -> int:
     """When the session stops trading: ``close_buffer_minutes`` before the close."""
     return window.close_ns - int(config.close_buffer_minutes * MINUTE_NS)
@@ -121,9 +131,11 @@ def build(
     run_id: str,
     credentials: Credentials | None = None,
     tick_clock: bool = True,
+    broker: Broker | None = None,
 ) -> Parts:
     """Model, book, risk gate, broker and engine for ``config`` in ``window``.
 
+    ``broker``, when given, is one to keep trading in (a multi-day backtest's account).
     ``tick_clock`` says the events are not on the wall clock (a replay): a broker that
     stamps fills with the wall clock then has them restamped with tick time.
     """
@@ -131,7 +143,7 @@ def build(
     model = models.get(name)(config.model, config.symbols)
     book = Book(config.broker.starting_cash)
     risk = RiskGate(config.risk, book)
-    broker = make_broker(config, credentials)
+    broker = broker if broker is not None else make_broker(config, credentials)
     engine = Engine(
         run_id,
         model,
