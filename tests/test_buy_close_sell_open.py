@@ -1,7 +1,8 @@
 """The seed's buy-at-the-close, sell-at-the-next-open model over consecutive bundled bar
-days (a weekend and Martin Luther King Day among them): every night's P&L is the quantity
-times the next session's open less the day's close, both read here straight from the
-recording with pyarrow, not through tradeday."""
+days (a weekend and Martin Luther King Day among them): every night's P&L is the
+quantity times the next session's open less the day's close, both read here straight
+from the recording with pyarrow, not through tradeday. And over Thanksgiving 2026, with
+its holiday and early close, on a recording built in the test."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ from datetime import date, datetime, time
 from itertools import pairwise
 from zoneinfo import ZoneInfo
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
 from tradeday import backtest
+from tradeday import recording as recordings
 from tradeday.config import ConfigError
 from tradeday.recording import RECORDINGS_DIR
 
@@ -118,3 +121,62 @@ def test_it_must_be_allowed_to_hold_what_it_buys():
             SESSIONS[0],
             ["AAPL"],
         )
+
+
+def test_thanksgiving_week_the_early_close_and_the_holiday(tmp_path):
+    """A recording built here: minute bars of XYZ on Wednesday 2026-11-25 (closes 16:00) and
+    Friday 2026-11-27 (closes 13:00); Thursday is Thanksgiving."""
+    rows = []
+    for day, last in ((date(2026, 11, 25), time(15, 59)), (date(2026, 11, 27), time(12, 59))):
+        ts, end = ns(day, time(9, 30)), ns(day, last)
+        base = 100.0 if day.day == 25 else 103.0
+        while ts <= end:
+            minute = (ts - ns(day, time(9, 30))) // (60 * 10**9)
+            price = base + minute / 100
+            rows.append(
+                {
+                    "ts": ts,
+                    "symbol": "XYZ",
+                    "kind": "b",
+                    "open": price,
+                    "high": price + 0.05,
+                    "low": price - 0.05,
+                    "close": price + 0.01,
+                    "volume": 100,
+                }
+            )
+            ts += 60 * 10**9
+    path = recordings.write(pa.Table.from_pylist(rows), tmp_path / "thanksgiving.parquet")
+    result = backtest.run_days(
+        {"name": "buy_close_sell_open", "shares": 3},
+        "2026-11-25",
+        "2026-11-27",
+        ["XYZ"],
+        recording=path,
+        close_buffer_minutes=0,
+    )
+    wed, fri = result.days
+    assert (wed.window.day, fri.window.day, fri.window.early_close) == (
+        date(2026, 11, 25),
+        date(2026, 11, 27),
+        True,
+    )
+    wed_close = 100.0 + 389 / 100 + 0.01  # the 15:59 bar, the 390th of the day
+    fri_open = 103.0
+    fri_close = 103.0 + 209 / 100 + 0.01  # the 12:59 bar, the 210th
+    assert [(f["side"], f["qty"], f["price"], f["ts"]) for f in wed.fills] == [
+        ("buy", 3, pytest.approx(wed_close), ns(date(2026, 11, 25), time(16, 0)))
+    ]
+    assert [(f["side"], f["qty"], f["price"], f["ts"]) for f in fri.fills] == [
+        ("sell", 3, fri_open, ns(date(2026, 11, 27), time(9, 30))),
+        ("buy", 3, pytest.approx(fri_close), ns(date(2026, 11, 27), time(13, 0))),
+    ]
+    assert result.nights() == [
+        (
+            date(2026, 11, 25),
+            date(2026, 11, 27),
+            "XYZ",
+            3,
+            pytest.approx(3 * (fri_open - wed_close)),
+        )
+    ]
