@@ -13,12 +13,12 @@ from tradeday.events import Bar, Intent, SessionWindow, TimeInForce, Trade, buy,
 
 
 class BuyCloseSellOpenParams(ModelParams):
-    """Buy `shares` in each closing auction and sell them in the next opening auction."""
+    """Buy `close_shares` in each closing auction and sell them in the next opening auction."""
 
     model_config = ConfigDict(title="Buy close, sell open")
 
     name: Literal["buy_close_sell_open"] = "buy_close_sell_open"
-    shares: int = Field(10, ge=1, le=10_000, title="Shares bought at the close, per symbol")
+    close_shares: int = Field(10, ge=1, le=10_000, title="Shares bought at the close, per symbol")
     max_overnight_position: int = Field(
         10,
         ge=0,
@@ -29,10 +29,10 @@ class BuyCloseSellOpenParams(ModelParams):
 
     @model_validator(mode="after")
     def _holds_what_it_buys(self) -> BuyCloseSellOpenParams:
-        if self.max_overnight_position < self.shares:
+        if self.max_overnight_position < self.close_shares:
             raise ValueError(
                 f"max_overnight_position ({self.max_overnight_position}) must be at least "
-                f"shares ({self.shares}): the position bought at the close is held overnight"
+                f"close_shares ({self.close_shares}): the position bought at the close is held overnight"
             )
         return self
 
@@ -68,4 +68,4 @@ class BuyCloseSellOpen(Model[BuyCloseSellOpenParams]):
         if symbol in self.bidding:
             return NO_ORDERS
         self.bidding.add(symbol)
-        return (buy(symbol, self.params.shares, "close", tif=TimeInForce.CLS),)
+        return (buy(symbol, self.params.close_shares, "close", tif=TimeInForce.CLS),)

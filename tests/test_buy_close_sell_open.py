@@ -47,7 +47,7 @@ def open_and_close(symbol: str, day: date) -> tuple[float, float]:
 @pytest.fixture(scope="module")
 def result() -> backtest.MultiDayResult:
     return backtest.run_days(
-        {"name": "buy_close_sell_open", "shares": SHARES, "max_overnight_position": SHARES},
+        {"name": "buy_close_sell_open", "close_shares": SHARES, "max_overnight_position": SHARES},
         SESSIONS[0],
         SESSIONS[-1],
         SYMBOLS,
@@ -114,10 +114,10 @@ def test_a_single_session_still_ends_flat():
 
 def test_it_must_be_allowed_to_hold_what_it_buys():
     with pytest.raises(
-        ConfigError, match="max_overnight_position \\(5\\) must be at least shares \\(10\\)"
+        ConfigError, match="max_overnight_position \\(5\\) must be at least close_shares \\(10\\)"
     ):
         backtest.run(
-            {"name": "buy_close_sell_open", "shares": 10, "max_overnight_position": 5},
+            {"name": "buy_close_sell_open", "close_shares": 10, "max_overnight_position": 5},
             SESSIONS[0],
             ["AAPL"],
         )
@@ -148,7 +148,7 @@ def test_thanksgiving_week_the_early_close_and_the_holiday(tmp_path):
             ts += 60 * 10**9
     path = recordings.write(pa.Table.from_pylist(rows), tmp_path / "thanksgiving.parquet")
     result = backtest.run_days(
-        {"name": "buy_close_sell_open", "shares": 3},
+        {"name": "buy_close_sell_open", "close_shares": 3},
         "2026-11-25",
         "2026-11-27",
         ["XYZ"],
