@@ -18,7 +18,13 @@ class BuyCloseSellOpenParams(ModelParams):
     model_config = ConfigDict(title="Buy close, sell open")
 
     name: Literal["buy_close_sell_open"] = "buy_close_sell_open"
-    close_shares: int = Field(10, ge=1, le=10_000, title="Shares bought at the close, per symbol")
+    close_shares: int = Field(
+        10,
+        ge=1,
+        le=10_000,
+        title="Shares bought at the close",
+        description="Per symbol, with a cls order at the session's first event",
+    )
     max_overnight_position: int = Field(
         10,
         ge=0,
