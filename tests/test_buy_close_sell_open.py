@@ -77,10 +77,9 @@ def test_fills_are_the_auction_prints_at_their_times(result):
             if i:  # carried in from the session before: sold in the opening auction
                 wanted.append(("open", symbol, "sell", SHARES, day_open, ns(day, time(9, 30))))
             wanted.append(("close", symbol, "buy", SHARES, day_close, ns(day, time(16, 0))))
-        tags = {o["client_order_id"]: o["tag"] for o in session.orders}
+        tags = {o.client_order_id: o.tag for o in session.orders}
         got = [
-            (tags[f["client_order_id"]], f["symbol"], f["side"], f["qty"], f["price"], f["ts"])
-            for f in session.fills
+            (tags[f.client_order_id], f.symbol, f.side, f.qty, f.price, f.ts) for f in session.fills
         ]
         assert sorted(got) == sorted(wanted), day
         assert session.carried == {
@@ -96,9 +95,9 @@ def test_fills_are_the_auction_prints_at_their_times(result):
 def test_orders_meet_alpacas_auction_cutoffs(result):
     for session in result.days:
         for order in session.orders:
-            local = order["time"].astimezone(NEW_YORK).time()
+            local = order.time.astimezone(NEW_YORK).time()
             # opg before 09:28 (sent at the 09:25 start), cls before 15:50 (at the first bar)
-            assert local == (time(9, 25) if order["tag"] == "open" else time(9, 30)), order
+            assert local == (time(9, 25) if order.tag == "open" else time(9, 30)), order
 
 
 def test_a_single_session_still_ends_flat():
@@ -106,7 +105,7 @@ def test_a_single_session_still_ends_flat():
         {"name": "buy_close_sell_open"}, SESSIONS[0], ["AAPL"], close_buffer_minutes=0
     )
     assert day.book.open_positions() == {}
-    assert [(o["tag"], o["status"]) for o in day.orders] == [
+    assert [(o.tag, o.status) for o in day.orders] == [
         ("close", "filled"),
         ("flatten", "filled"),
     ]
@@ -164,10 +163,10 @@ def test_thanksgiving_week_the_early_close_and_the_holiday(tmp_path):
     wed_close = 100.0 + 389 / 100 + 0.01  # the 15:59 bar, the 390th of the day
     fri_open = 103.0
     fri_close = 103.0 + 209 / 100 + 0.01  # the 12:59 bar, the 210th
-    assert [(f["side"], f["qty"], f["price"], f["ts"]) for f in wed.fills] == [
+    assert [(f.side, f.qty, f.price, f.ts) for f in wed.fills] == [
         ("buy", 3, pytest.approx(wed_close), ns(date(2026, 11, 25), time(16, 0)))
     ]
-    assert [(f["side"], f["qty"], f["price"], f["ts"]) for f in fri.fills] == [
+    assert [(f.side, f.qty, f.price, f.ts) for f in fri.fills] == [
         ("sell", 3, fri_open, ns(date(2026, 11, 27), time(9, 30))),
         ("buy", 3, pytest.approx(fri_close), ns(date(2026, 11, 27), time(13, 0))),
     ]

@@ -67,13 +67,10 @@ def play(engine: Engine, prints: Sequence[tuple[int, float, int]]) -> None:
 
 def orders_of(engine: Engine) -> list[tuple]:
     batch = engine.take_batch()
-    rows = {o["client_order_id"]: dict(o) for o in batch.new_orders}
+    rows = {o.client_order_id: o for o in batch.new_orders}
     for update in batch.order_updates:
-        rows[update["client_order_id"]].update(update)
-    return [
-        (o["tag"], o["side"], o["qty"], o["status"], o["filled_qty"], o["reason"])
-        for o in rows.values()
-    ]
+        rows[update.client_order_id].apply(update)
+    return [(o.tag, o.side, o.qty, o.status, o.filled_qty, o.reason) for o in rows.values()]
 
 
 def test_on_fill_hears_every_part_and_can_place_a_take_profit():
@@ -113,11 +110,11 @@ def test_on_reject_hears_the_risk_gate_and_the_broker_once_each():
     ]
     batch = engine.take_batch()
     # each retry from on_reject was refused again: recorded, not reported back
-    assert [(e["qty"], e["reason"]) for e in batch.risk_events] == [
+    assert [(e.qty, e.reason) for e in batch.risk_events] == [
         (6, "max_order_qty: quantity 6 > 5"),
         (6, "max_order_qty: quantity 6 > 5"),
     ]
-    assert [(o["tag"], o["status"]) for o in batch.new_orders] == [("dear", "rejected")] * 2
+    assert [(o.tag, o.status) for o in batch.new_orders] == [("dear", "rejected")] * 2
 
 
 def test_a_model_cancels_its_own_resting_order_by_tag():

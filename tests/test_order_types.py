@@ -381,8 +381,6 @@ def test_a_cls_order_from_a_model_fills_at_the_close_of_the_recorded_last_bar():
     batch = engine.take_batch()
     last = bars[-1]
     assert last.ts == window.close_ns - MIN  # the 15:59 bar ends at the close
-    assert [(o["side"], o["qty"], o["ts"]) for o in batch.new_orders] == [("buy", 10, bars[0].ts)]
-    assert [(f["qty"], f["price"], f["ts"]) for f in batch.fills] == [
-        (10, last.close, window.close_ns)
-    ]
+    assert [(o.side, o.qty, o.ts) for o in batch.new_orders] == [("buy", 10, bars[0].ts)]
+    assert [(f.qty, f.price, f.ts) for f in batch.fills] == [(10, last.close, window.close_ns)]
     assert book.open_positions() == {"AAPL": 10}

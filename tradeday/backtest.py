@@ -81,9 +81,9 @@ class MultiDayResult:
                 closing = "sell" if qty > 0 else "buy"
                 left, pnl = abs(qty), 0.0
                 for fill in after.fills:
-                    if left and fill["symbol"] == symbol and fill["side"] == closing:
-                        part = min(left, fill["qty"])
-                        pnl += part * (fill["price"] - mark) * (1 if qty > 0 else -1)
+                    if left and fill.symbol == symbol and fill.side == closing:
+                        part = min(left, fill.qty)
+                        pnl += part * (fill.price - mark) * (1 if qty > 0 else -1)
                         left -= part
                 out.append((before.window.day, after.window.day, symbol, abs(qty) - left, pnl))
         return out
