@@ -1,9 +1,15 @@
-"""The model interface (version 1).
+"""The model interface (version 2).
 
 A model is a class with a frozen pydantic ``Params`` and pure callbacks. The engine calls
 the callbacks on the feed thread, in event order, on tick time; whatever they return is
 sent to the risk gate, never straight to a broker. ``position`` is the model's own signed
 position in the event's symbol, as the engine's book knows it after every fill so far.
+
+Version 2 adds what a model may want to hear about its own orders, ``on_fill`` and
+``on_reject``, ``before_open`` for orders sent before the open, and
+:class:`~tradeday.events.Cancel` among what callbacks return. A
+version 1 model is a version 2 model that overrides neither hook, so both are accepted;
+the engine calls a hook only when the model overrides it, so the others pay nothing.
 """
 
 from __future__ import annotations
@@ -14,9 +20,10 @@ from typing import Any, ClassVar, Generic, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from tradeday.events import Bar, Order, Quote, SessionWindow, Trade, buy, sell
+from tradeday.events import Bar, Fill, Intent, Order, Quote, SessionWindow, Trade, buy, sell
 
-INTERFACE_VERSION = 1
+INTERFACE_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
 NO_ORDERS: tuple[Order, ...] = ()
 
 
@@ -96,11 +103,41 @@ class Model(Generic[P]):
     def on_start(self, window: SessionWindow) -> None:
         """The session's open and close, before the first event."""
 
-    def on_trade(self, trade: Trade, position: int) -> Sequence[Order]:
+    def on_trade(self, trade: Trade, position: int) -> Sequence[Intent]:
         return NO_ORDERS
 
-    def on_quote(self, quote: Quote, position: int) -> Sequence[Order]:
+    def on_quote(self, quote: Quote, position: int) -> Sequence[Intent]:
         return NO_ORDERS
 
-    def on_bar(self, bar: Bar, position: int) -> Sequence[Order]:
+    def on_bar(self, bar: Bar, position: int) -> Sequence[Intent]:
         return NO_ORDERS
+
+    def before_open(self, window: SessionWindow, positions: Mapping[str, int]) -> Sequence[Intent]:
+        """At the session's start, after ``on_start``: ``positions`` are what the model holds
+        from its last session (empty unless it holds overnight). Orders for the opening
+        auction (``opg``) go here: Alpaca refuses them from 09:28 ET."""
+        return NO_ORDERS
+
+    def on_fill(self, fill: Fill, position: int) -> Sequence[Intent]:
+        """One fill (or part) of this model's own order; ``position`` already includes it."""
+        return NO_ORDERS
+
+    def on_reject(self, order: Order, reason: str) -> Sequence[Intent]:
+        """The risk gate or the broker refused this model's ``order``; ``reason`` says why."""
+        return NO_ORDERS
+
+
+def overnight_allowance(params: ModelParams) -> int:
+    """The position per symbol a model may hold past its session's end (0: it ends flat).
+
+    A model declares it with a ``max_overnight_position`` field in its params.
+    """
+    return int(getattr(params, "max_overnight_position", 0))
+
+
+def overrides(model: Model, hook: str) -> bool:
+    """Whether ``model`` overrides ``hook`` (``on_quote``, ``on_fill``, ``warmup``, ...).
+
+    What a model does not override costs nothing: no subscription, no call.
+    """
+    return getattr(type(model), hook) is not getattr(Model, hook)

@@ -13,7 +13,7 @@ import importlib
 from importlib.metadata import entry_points
 from typing import TypeVar
 
-from models.base import INTERFACE_VERSION, Model, ModelParams
+from models.base import SUPPORTED_VERSIONS, Model, ModelParams
 
 ENTRY_POINT_GROUP = "tradeday.models"
 BUILTIN_MODULES = (
@@ -22,6 +22,7 @@ BUILTIN_MODULES = (
     "models.moody_trader",
     "models.mean_reversion",
     "models.ma_crossover",
+    "models.buy_close_sell_open",
 )
 
 _registry: dict[str, type[Model]] = {}
@@ -45,10 +46,10 @@ def register(cls: M) -> M:
     """Class decorator: make a model choosable by its params' ``name``."""
     if not issubclass(cls.params_class, ModelParams):
         raise TypeError(f"{cls.__name__}.params_class must subclass models.ModelParams")
-    if cls.interface_version != INTERFACE_VERSION:
+    if cls.interface_version not in SUPPORTED_VERSIONS:
         raise TypeError(
             f"{cls.__name__} targets model interface v{cls.interface_version}; "
-            f"this tradeday speaks v{INTERFACE_VERSION}"
+            f"this tradeday speaks v{', v'.join(map(str, SUPPORTED_VERSIONS))}"
         )
     name = model_name(cls)
     existing = _registry.get(name)

@@ -15,6 +15,11 @@ POST answer is the pre-fill snapshot, as Alpaca's usually is, so clients see the
 polling); ``partial`` fills half on acceptance, the next GET of an orders endpoint shows
 that, and the GET after it finds the rest filled (so a poller sees both parts); ``manual``
 fills only when a test calls :meth:`AlpacaTestServer.fill`.
+Time in force, as Alpaca: ``ioc`` cancels at once what its acceptance did not fill (all
+of it in ``manual`` mode, half in ``partial`` mode); ``opg`` and ``cls`` orders wait for
+their auction, which a test runs with :meth:`AlpacaTestServer.auction`: each fills whole at
+the fill price, a limit the price does not reach is canceled. Alpaca's submission cutoffs
+for auction orders (09:28 and 15:50 ET) are not checked here: the server has no calendar.
 ``fill_price`` is read at each fill and order check: a dict the test may change between
 fills, or a function of the symbol. A symbol it does not know is refused as an unknown asset.
 """
@@ -277,6 +282,18 @@ class AlpacaTestServer:
             fill_at = self._lookup_price(order.symbol) if price is None else Decimal(str(price))
             self._fill(order, qty, fill_at)
 
+    def auction(self, time_in_force: Literal["opg", "cls"]) -> None:
+        """Run the opening (``opg``) or closing (``cls``) auction for every order waiting for it."""
+        with self._book.lock:
+            for order in list(self._book.orders.values()):
+                if order.time_in_force != time_in_force or order.status not in _OPEN:
+                    continue
+                price = self._lookup_price(order.symbol)
+                if self._marketable(order, price):
+                    self._fill(order, order.remaining, price)
+                else:
+                    self._cancel(order, "canceled")
+
     def cancel(self, client_order_id: str, status: str = "canceled") -> None:
         """End an open order as the venue would (``canceled`` or ``expired``)."""
         with self._book.lock:
@@ -407,17 +424,23 @@ class AlpacaTestServer:
         self._auto_fill(order, price)
         return order, answer
 
+    @staticmethod
+    def _marketable(order: _Order, price: Decimal) -> bool:
+        limit = order.limit_price
+        return limit is None or (price <= limit if order.side == "buy" else price >= limit)
+
     def _auto_fill(self, order: _Order, price: Decimal) -> None:
-        marketable = order.limit_price is None or (
-            price <= order.limit_price if order.side == "buy" else price >= order.limit_price
-        )
-        if self.fill_mode == "manual" or not marketable:
-            return
-        if self.fill_mode == "partial" and order.qty > 1:
-            self._fill(order, order.qty // 2, price)
-            self._book.partial_rest[order.id] = False
-        else:
-            self._fill(order, order.qty, price)
+        if order.time_in_force in ("opg", "cls"):
+            return  # waits for its auction
+        if self.fill_mode != "manual" and self._marketable(order, price):
+            if self.fill_mode == "partial" and order.qty > 1:
+                self._fill(order, order.qty // 2, price)
+                if order.time_in_force != "ioc":
+                    self._book.partial_rest[order.id] = False
+            else:
+                self._fill(order, order.qty, price)
+        if order.time_in_force == "ioc" and order.status in _OPEN:
+            self._cancel(order, "canceled")
 
     def _advance_partials(self) -> None:
         """Partial mode: the first look shows half filled, the next one fills the rest."""

@@ -24,6 +24,7 @@ from tradeday.brokers.alpaca import (
 )
 from tradeday.brokers.base import BrokerOrder, ExecType, Execution
 from tradeday.events import Side
+from tradeday.events import TimeInForce as Tif
 
 # Distinctive so that a leak anywhere in logs, reprs or errors is found by substring.
 KEY = "PKLEAKCHECK7Q2ZZ"
@@ -511,3 +512,77 @@ def test_a_slow_answer_times_out_and_the_order_is_found_later(servers, brokers) 
         ("r1-m-1", FILL, BUY, 10, 100.0, ""),
     ]
     assert len(server.orders) == 1
+
+
+def test_time_in_force_and_type_reach_alpaca(servers, brokers) -> None:
+    server = servers(fill_price={"SPY": 100.0}, fill_mode="manual")
+    broker = brokers(server)
+    broker.submit(order("r1-m-1", BUY, 1))
+    broker.submit(order("r1-m-2", BUY, 2, tif=Tif.OPG))
+    broker.submit(order("r1-m-3", BUY, 3, limit_price=99.5, tif=Tif.CLS))
+    broker.submit(order("r1-m-4", BUY, 4, limit_price=99.0, tif=Tif.DAY))
+    collect(broker, 4)
+    assert [
+        (o["client_order_id"], o["type"], o["time_in_force"], o["limit_price"])
+        for o in server.orders
+    ] == [
+        ("r1-m-1", "market", "day", None),
+        ("r1-m-2", "market", "opg", None),
+        ("r1-m-3", "limit", "cls", "99.5"),
+        ("r1-m-4", "limit", "day", "99"),
+    ]
+
+
+def test_auction_orders_wait_for_their_auction(servers, brokers) -> None:
+    prices = {"SPY": 100.0}
+    server = servers(fill_price=prices)  # immediate mode: a day order would fill at once
+    broker = brokers(server)
+    broker.submit(order("r1-m-1", BUY, 5, tif=Tif.OPG))
+    broker.submit(order("r1-m-2", BUY, 5, limit_price=101.0, tif=Tif.CLS))
+    broker.submit(order("r1-m-3", BUY, 5, limit_price=99.0, tif=Tif.CLS))
+    assert [e.kind for e in collect(broker, 3)] == [ACCEPTED] * 3
+    prices["SPY"] = 100.5
+    server.auction("opg")
+    assert [brief(e) for e in collect(broker, 1)] == [("r1-m-1", FILL, BUY, 5, 100.5, "")]
+    prices["SPY"] = 100.75
+    server.auction("cls")
+    assert sorted(brief(e) for e in collect(broker, 2)) == [
+        ("r1-m-2", FILL, BUY, 5, 100.75, ""),
+        ("r1-m-3", ExecType.CANCELED, BUY, 0, 0.0, "canceled"),
+    ]
+    assert broker.positions() == {"SPY": 10}
+
+
+def test_ioc_remainder_is_canceled_at_once(servers, brokers) -> None:
+    server = servers(fill_price={"SPY": 50.0}, fill_mode="partial", allow_short=True)
+    broker = brokers(server)
+    broker.submit(order("r1-m-1", SELL, 9, tif=Tif.IOC))
+    broker.submit(order("r1-m-2", BUY, 9, limit_price=49.0, tif=Tif.IOC))  # not marketable
+    assert [brief(e) for e in collect(broker, 5)] == [
+        ("r1-m-1", ACCEPTED, SELL, 0, 0.0, ""),
+        ("r1-m-1", PARTIAL, SELL, 4, 50.0, ""),
+        ("r1-m-1", ExecType.CANCELED, SELL, 0, 0.0, "canceled"),
+        ("r1-m-2", ACCEPTED, BUY, 0, 0.0, ""),
+        ("r1-m-2", ExecType.CANCELED, BUY, 0, 0.0, "canceled"),
+    ]
+    assert server.positions == {"SPY": -4}
+
+
+def test_cancel_order_cancels_a_working_order_and_leaves_an_ended_one(servers, brokers) -> None:
+    server = servers(fill_price={"SPY": 100.0}, fill_mode="manual")
+    broker = brokers(server)
+    broker.submit(order("r1-m-1", BUY, 5, limit_price=99.0))
+    broker.submit(order("r1-m-2", BUY, 5))
+    collect(broker, 2)
+    server.fill("r1-m-2")
+    assert [brief(e) for e in collect(broker, 1)] == [("r1-m-2", FILL, BUY, 5, 100.0, "")]
+    broker.cancel_order("r1-m-1", 0)
+    broker.cancel_order("r1-m-2", 0)  # filled already: nothing to cancel
+    broker.cancel_order("r1-m-9", 0)  # never sent
+    assert [brief(e) for e in collect(broker, 1)] == [
+        ("r1-m-1", ExecType.CANCELED, BUY, 0, 0.0, "canceled")
+    ]
+    assert [(o["client_order_id"], o["status"]) for o in server.orders] == [
+        ("r1-m-1", "canceled"),
+        ("r1-m-2", "filled"),
+    ]

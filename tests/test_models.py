@@ -260,18 +260,20 @@ def test_ma_crossover_equal_averages_keep_the_trend():
 
 def test_every_seed_model_is_registered_with_volume_modulo_first():
     assert models.names() == [
+        "buy_close_sell_open",
         "ma_crossover",
         "mean_reversion",
         "moody_trader",
         "opening_momentum",
         "volume_modulo",
     ]
-    assert [c.model_fields["name"].default for c in models.params_classes()][:5] == [
+    assert [c.model_fields["name"].default for c in models.params_classes()][:6] == [
         "volume_modulo",
         "opening_momentum",
         "moody_trader",
         "mean_reversion",
         "ma_crossover",
+        "buy_close_sell_open",
     ]
 
 

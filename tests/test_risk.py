@@ -21,7 +21,7 @@ from tradeday.book import Book
 from tradeday.brokers.simulated import SimulatedBroker
 from tradeday.config import RiskLimits, parse_session_config
 from tradeday.engine import Engine
-from tradeday.events import NS_PER_S, Order, Trade, buy, sell
+from tradeday.events import NS_PER_S, Order, Side, Trade, buy, sell
 from tradeday.ledger import Ledger
 from tradeday.risk import RiskGate
 
@@ -299,3 +299,27 @@ def test_kill_switch_in_a_session_flattens_stops_and_is_recorded(
     assert all(o.ts <= trip.ts for o in orders)
     assert [(e.ts, e.reason) for e in events] == [(trip.ts, trip.reason)]
     assert sum(f.qty if f.side == "buy" else -f.qty for f in fills) == 0
+
+
+def test_an_unknown_time_in_force_or_a_bad_limit_is_refused_by_name():
+    eng = make(
+        {
+            1: [Order("A", Side.BUY, 1, tif="gtc")],  # type: ignore[arg-type]
+            2: [buy("A", 1, limit_price=0.0)],
+            3: [Order("A", Side.BUY, 2, tif="cls")],  # type: ignore[arg-type]  # a plain string is fine
+        }
+    )
+    play(eng, [(1, 100.0), (2, 100.0), (3, 100.0)])
+    sent, refused = outcome(eng)
+    assert sent == [(3, "A", "buy", 2)]
+    assert refused == [
+        (
+            1,
+            "A",
+            "buy",
+            1,
+            "invalid_tif: time in force 'gtc' is not one of day, ioc, opg, cls (tradeday.events.TimeInForce)",
+        ),
+        (2, "A", "buy", 1, "invalid_limit_price: limit_price 0.0 is not positive"),
+    ]
+    assert eng.risk.counts == {"invalid_tif": 1, "invalid_limit_price": 1}

@@ -67,6 +67,16 @@ class Book:
             pos = self.positions[symbol] = Position()
         return pos
 
+    def carry(self, symbol: str, qty: int, avg_price: float, mark: float) -> None:
+        """Open the session holding ``qty`` at cost ``avg_price`` from an earlier session.
+
+        Not a trade: no turnover, no fee; selling it realizes the move from that cost.
+        """
+        position = self.position(symbol)
+        position.qty, position.avg_price = qty, avg_price
+        self.cash -= qty * avg_price
+        self.marks[symbol] = mark
+
     def qty(self, symbol: str) -> int:
         pos = self.positions.get(symbol)
         return pos.qty if pos is not None else 0

@@ -130,6 +130,14 @@ class BrokerConfig(BaseModel):
     latency_ms: float = Field(0.0, ge=0, title="Simulated latency (ms, tick time)")
     slippage_bps: float = Field(0.0, ge=0, title="Simulated slippage (bps)")
     commission_per_share: float = Field(0.0, ge=0, title="Commission per share")
+    max_participation: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        title="Max share of a print (simulated)",
+        description="An order fills at most this share of each trade's size (bar's volume); "
+        "the rest fills on later prints. Empty = orders fill whole",
+    )
     alpaca_url: str = Field("https://paper-api.alpaca.markets", title="Alpaca trading API URL")
     owns_account: bool = Field(
         False,

@@ -11,13 +11,26 @@ from __future__ import annotations
 import copy
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from models.base import Model
+from models.base import Model, overrides
 from tradeday.book import Book
 from tradeday.brokers.base import Broker, BrokerOrder, ExecType, Execution
-from tradeday.events import MINUTE_NS, Bar, Order, Quote, Side, Trade
+from tradeday.events import (
+    MINUTE_NS,
+    Bar,
+    Cancel,
+    Fill,
+    Intent,
+    Order,
+    Quote,
+    SessionWindow,
+    Side,
+    TimeInForce,
+    Trade,
+)
 from tradeday.records import (
     Batch,
     FillRecord,
@@ -30,6 +43,7 @@ from tradeday.records import (
 from tradeday.risk import RiskGate
 
 _NEVER = 2**63  # stop time of an engine that has none
+_AUCTIONS = (TimeInForce.OPG, TimeInForce.CLS)
 
 
 class EventError(RuntimeError):
@@ -85,6 +99,15 @@ class Engine:
         self._lock = threading.Lock()
         # the kill switch's net P&L moves only with a fill or a mark: check it only then
         self._net_moved = True
+        # interface v2 hooks, None when the model does not override them: then a fill or a
+        # rejection costs what it did before they existed, and no order is remembered
+        self._on_fill = model.on_fill if overrides(model, "on_fill") else None
+        self._on_reject = model.on_reject if overrides(model, "on_reject") else None
+        self._intents: dict[str, Order] = {}  # the model's own orders, while hooks need them
+        self._may_not_fill: set[str] = set()  # limits and auction orders: canceled at the end
+        self._in_reject = False  # routing what on_reject returned
+        self._retries: set[str] = set()  # orders on_reject sent: their refusal is not reported
+        self._closing = False  # flatten has begun: no more model callbacks
 
     # -- market events (feed thread) ------------------------------------------------------
 
@@ -170,6 +193,18 @@ class Engine:
             finally:
                 stats.events += counted
 
+    def start(self, window: SessionWindow, at_ns: int) -> None:
+        """The session begins at tick time ``at_ns``: the model's ``on_start``, then what
+        its ``before_open`` returns, sent at once (the open's auction orders)."""
+        with self._lock:
+            self.clock = max(self.clock, at_ns)
+            self.model.on_start(window)
+            if not overrides(self.model, "before_open"):
+                return
+            for intent in self.model.before_open(window, self.book.open_positions()):
+                self._route((intent,), self.book.marks.get(intent.symbol, 0.0))
+            self._drain()
+
     def _close_minute(self, ts: int) -> None:
         """The first event of a new tick-time minute: buffer the marks the last one ended on.
 
@@ -194,8 +229,11 @@ class Engine:
 
     # -- orders ---------------------------------------------------------------------------
 
-    def _route(self, orders: Sequence[Order], price: float) -> None:
-        for order in orders:
+    def _route(self, intents: Sequence[Intent], price: float) -> None:
+        for order in intents:
+            if isinstance(order, Cancel):
+                self._cancel(order)
+                continue
             reason = self.risk.check(order, price, self.clock)
             if reason is not None:
                 self.stats.risk_rejections += 1
@@ -210,8 +248,66 @@ class Engine:
                         reason,
                     )
                 )
+                if self._on_reject is not None and not self._in_reject:
+                    self._hook(self._on_reject, order, reason)
                 continue
-            self._send(order, purpose="model")
+            coid = self._send(order, purpose="model")
+            if self._on_fill is not None or self._on_reject is not None:
+                self._intents[coid] = order
+                if self._in_reject:
+                    self._retries.add(coid)
+            if order.limit_price is not None or order.tif in _AUCTIONS:
+                self._may_not_fill.add(coid)
+
+    def _cancel(self, cancel: Cancel) -> None:
+        """Ask the broker to cancel the model's working orders that ``cancel`` names."""
+        self._cancel_working(
+            lambda row: (
+                row.symbol == cancel.symbol and (cancel.tag is None or row.tag == cancel.tag)
+            )
+        )
+
+    def _cancel_working(self, which: Callable[[OrderRecord], bool] = lambda row: True) -> None:
+        """Cancel the model's working orders (those ``which`` picks); caller holds the lock."""
+        chosen = [
+            coid
+            for coid, row in self._open.items()
+            if row.purpose == "model" and row.status.is_open and which(row)
+        ]
+        for coid in chosen:
+            self.broker.cancel_order(coid, self.clock)
+
+    def _cancel_may_not_fill(self) -> None:
+        self._cancel_working(lambda row: row.client_order_id in self._may_not_fill)
+
+    def cancel_working(self) -> None:
+        """Cancel the model's working limit and auction orders, before a flatten: it
+        offsets positions, not orders that may never fill (a resting limit, a ``cls``).
+
+        Market orders still in flight are left to fill: the flatten offsets them."""
+        with self._lock:
+            self._closing = True
+            self._cancel_may_not_fill()
+
+    def _hook(self, hook: Callable[..., Sequence[Intent]], *args: Any) -> None:
+        """Call ``on_fill``/``on_reject`` and route what it returns.
+
+        Not once the session is stopping or the kill switch has tripped. What ``on_reject``
+        returns goes through the risk gate like any order, but its own refusal (by the gate
+        or the broker) is recorded and not reported back, so a model that resubmits on
+        every refusal cannot loop.
+        """
+        if self._closing or self.halt_pending or self.stop_requested.is_set():
+            return
+        outer = self._in_reject
+        self._in_reject = hook == self._on_reject
+        try:
+            intents = hook(*args)
+            if intents:
+                symbol = args[0].symbol
+                self._route(intents, self.book.marks.get(symbol, 0.0))
+        finally:
+            self._in_reject = outer
 
     def _send(self, order: Order, purpose: str) -> str:
         self._seq += 1
@@ -233,7 +329,15 @@ class Engine:
         self.stats.orders += 1
         self.risk.order_sent(order)
         self.broker.submit(
-            BrokerOrder(coid, order.symbol, order.side, order.qty, self.clock, order.limit_price)
+            BrokerOrder(
+                coid,
+                order.symbol,
+                order.side,
+                order.qty,
+                self.clock,
+                order.limit_price,
+                TimeInForce(order.tif),  # a model may have given the plain string
+            )
         )
         return coid
 
@@ -296,31 +400,60 @@ class Engine:
         elif ex.kind is ExecType.ACCEPTED:
             row.status = OrderStatus.ACCEPTED
         self._dirty.add(ex.client_order_id)
+        if self._intents:
+            self._tell_model(ex, row)
+
+    def _tell_model(self, ex: Execution, row: OrderRecord) -> None:
+        """The v2 hooks for one execution of the model's own order (caller holds the lock)."""
+        coid = ex.client_order_id
+        order = self._intents.get(coid)
+        if order is None:
+            return
+        retry = coid in self._retries
+        if not row.status.is_open:
+            del self._intents[coid]
+            self._retries.discard(coid)
+        if ex.kind in (ExecType.FILL, ExecType.PARTIAL_FILL) and self._on_fill is not None:
+            ts = self.clock if self.fills_on_tick_time else ex.ts
+            fill = Fill(order, ex.qty, ex.price, ts, row.qty - row.filled_qty)
+            self._hook(self._on_fill, fill, self.book.qty(ex.symbol))
+        elif ex.kind is ExecType.REJECTED and self._on_reject is not None and not retry:
+            self._hook(self._on_reject, order, ex.reason)
 
     # -- main thread ----------------------------------------------------------------------
 
-    def flatten(self) -> dict[str, int]:
-        """Send offsetting orders for every open position of this session; return them.
+    def flatten(self, hold: int = 0) -> dict[str, int]:
+        """Send offsetting orders for the session's open positions; return them.
 
         Computed from the session's own book, never the broker's account view, so a
-        session sharing an account closes only what it opened.
+        session sharing an account closes only what it opened. ``hold`` is what may stay
+        open per symbol (a model's overnight allowance at a normal end; 0 otherwise).
         """
         with self._lock:
+            self._closing = True
             self._drain()
-            return self._flatten_locked("flatten")
+            return self._flatten_locked("flatten", hold)
 
-    def _flatten_locked(self, tag: str) -> dict[str, int]:
-        """Offset the book plus what is still in flight, per symbol (caller holds the lock)."""
+    def _flatten_locked(self, tag: str, hold: int = 0) -> dict[str, int]:
+        """Offset the book plus what is still in flight, per symbol, down to ``hold``
+        (caller holds the lock).
+
+        Working limit and auction orders are canceled first; a simulator's cancels land at
+        once, a real broker's before the session's settle (see :meth:`cancel_working`).
+        """
+        self._cancel_may_not_fill()
+        self._drain()
         sent: dict[str, int] = {}
         pending = self.risk.pending
         symbols = set(self.book.open_positions()) | {s for s, q in pending.items() if q}
         for symbol in sorted(symbols):
             remaining = self.book.qty(symbol) + pending.get(symbol, 0)
-            if remaining == 0:
+            excess = remaining - max(-hold, min(hold, remaining))
+            if excess == 0:
                 continue
-            side = Side.SELL if remaining > 0 else Side.BUY
-            self._send(Order(symbol, side, abs(remaining), tag=tag), purpose="flatten")
-            sent[symbol] = -remaining
+            side = Side.SELL if excess > 0 else Side.BUY
+            self._send(Order(symbol, side, abs(excess), tag=tag), purpose="flatten")
+            sent[symbol] = -excess
         self._drain()
         return sent
 
@@ -351,6 +484,7 @@ class Engine:
                 row = self._open.get(coid)
                 if row is not None and not row.status.is_open:
                     del self._open[coid]
+                    self._may_not_fill.discard(coid)
             self._dirty.clear()
             while self._fills:
                 batch.fills.append(self._fills.popleft())

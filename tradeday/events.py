@@ -138,27 +138,103 @@ class Side(StrEnum):
     SELL = "sell"
 
 
+class OrderType(StrEnum):
+    MARKET = "market"
+    LIMIT = "limit"
+
+
+class TimeInForce(StrEnum):
+    """When an order may execute; the names and rules are Alpaca's (docs/models.md, "Orders").
+
+    ``day``: during the session, the rest canceled at its end; ``ioc``: at once, the rest
+    canceled; ``opg``: only in the opening auction; ``cls``: only in the closing auction.
+    """
+
+    DAY = "day"
+    IOC = "ioc"
+    OPG = "opg"
+    CLS = "cls"
+
+
 @dataclass(frozen=True, slots=True)
 class Order:
-    """What a model asks for. It never reaches a broker without passing the risk gate."""
+    """What a model asks for. It never reaches a broker without passing the risk gate.
+
+    A limit order is one with a ``limit_price``: :attr:`type` is derived from it, so the
+    two can never disagree.
+    """
 
     symbol: str
     side: Side
     qty: int
     limit_price: float | None = None
     tag: str = ""
+    tif: TimeInForce = TimeInForce.DAY
+
+    @property
+    def type(self) -> OrderType:
+        return OrderType.MARKET if self.limit_price is None else OrderType.LIMIT
 
     @property
     def signed_qty(self) -> int:
         return self.qty if self.side is Side.BUY else -self.qty
 
 
-def buy(symbol: str, qty: int, tag: str = "") -> Order:
-    return Order(symbol, Side.BUY, qty, tag=tag)
+def buy(
+    symbol: str,
+    qty: int,
+    tag: str = "",
+    *,
+    limit_price: float | None = None,
+    tif: TimeInForce = TimeInForce.DAY,
+) -> Order:
+    return Order(symbol, Side.BUY, qty, limit_price, tag, tif)
 
 
-def sell(symbol: str, qty: int, tag: str = "") -> Order:
-    return Order(symbol, Side.SELL, qty, tag=tag)
+def sell(
+    symbol: str,
+    qty: int,
+    tag: str = "",
+    *,
+    limit_price: float | None = None,
+    tif: TimeInForce = TimeInForce.DAY,
+) -> Order:
+    return Order(symbol, Side.SELL, qty, limit_price, tag, tif)
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """What a model returns to cancel its own working orders in ``symbol``.
+
+    Every working order of the model in that symbol, or only those tagged ``tag`` when it
+    is given. Whatever filled before the broker took the cancel stays filled.
+    """
+
+    symbol: str
+    tag: str | None = None
+
+
+Intent = Order | Cancel
+"""What a model's callbacks return: orders to send and cancels of its working orders."""
+
+
+@dataclass(frozen=True, slots=True)
+class Fill:
+    """One execution of a model's own order, as ``Model.on_fill`` sees it."""
+
+    order: Order  # the model's order, as it returned it (tag, limit, time in force)
+    qty: int
+    price: float
+    ts: int
+    remaining: int  # what of the order is still working: 0 once it is filled
+
+    @property
+    def symbol(self) -> str:
+        return self.order.symbol
+
+    @property
+    def side(self) -> Side:
+        return self.order.side
 
 
 @dataclass(frozen=True, slots=True)

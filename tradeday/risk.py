@@ -19,7 +19,9 @@ from collections import deque
 
 from tradeday.book import Book
 from tradeday.config import RiskLimits
-from tradeday.events import MINUTE_NS, Order
+from tradeday.events import MINUTE_NS, Order, TimeInForce
+
+_TIME_IN_FORCE = tuple(TimeInForce)
 
 
 class RiskGate:
@@ -49,6 +51,13 @@ class RiskGate:
             return f"halted: {self.halted_reason}"
         if order.qty <= 0:
             return f"invalid_qty: quantity {order.qty} is not positive"
+        if order.tif not in _TIME_IN_FORCE:
+            return (
+                f"invalid_tif: time in force {order.tif!r} is not one of "
+                f"{', '.join(_TIME_IN_FORCE)} (tradeday.events.TimeInForce)"
+            )
+        if order.limit_price is not None and not order.limit_price > 0:
+            return f"invalid_limit_price: limit_price {order.limit_price} is not positive"
         if order.qty > lim.max_order_qty:
             return f"max_order_qty: quantity {order.qty} > {lim.max_order_qty}"
         recent = self._recent

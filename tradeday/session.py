@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from models.base import overrides
 from tradeday import outcome, wiring
 from tradeday.brokers.base import AccountCloser, BrokerError, OrderHistory, left_at_broker
 from tradeday.config import SessionConfig
@@ -151,11 +152,11 @@ class TradingSession:
         """Stream until the close (less the buffer), the end of the recording, or a stop."""
         self.start()
         self.source.check(self.config.symbols, wiring.handled_kinds(self.model))
-        if wiring.uses(self.model, "warmup"):
+        if overrides(self.model, "warmup"):
             history = self._history()
             self.log.info("warm-up: %d bars before the open", len(history))
             self.model.warmup(history)
-        self.model.on_start(self.window)
+        self.engine.start(self.window, wiring.start_ns(self.window, self.source.tick_clock))
         self.source.wait_for_open(self.engine.stop_requested, self.log)
         if self.engine.stop_requested.is_set():
             return
@@ -252,6 +253,7 @@ class TradingSession:
             self.broker.close()
             return self.result()
         deadline = time.monotonic() + FLATTEN_TIMEOUT_S
+        self.engine.cancel_working()  # resting limits and auction orders would never fill
         self.broker.flush(self.engine.clock)  # a simulator settles what it still holds
         self._settle(deadline)  # a real broker's in-flight orders land before we offset
         sent = self.engine.flatten()

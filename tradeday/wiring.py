@@ -9,9 +9,11 @@ Nothing here does I/O: brokers connect in ``start``, sources in ``open``.
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass
 
 import models
+from models.base import overrides
 from tradeday.book import Book
 from tradeday.brokers.base import Broker
 from tradeday.brokers.simulated import SimulatedBroker
@@ -53,9 +55,7 @@ def make_broker(config: SessionConfig, credentials: Credentials | None) -> Broke
     """The configured broker, not yet started (no connection, no account check)."""
     b = config.broker
     if b.kind == "simulated":
-        return SimulatedBroker(
-            b.starting_cash, b.latency_ms, b.slippage_bps, b.commission_per_share
-        )
+        return SimulatedBroker.from_config(b)
     if credentials is None:
         raise ValueError(
             "broker.kind is 'alpaca' but no Alpaca keys were found: set APCA_API_KEY_ID and "
@@ -66,17 +66,12 @@ def make_broker(config: SessionConfig, credentials: Credentials | None) -> Broke
     return AlpacaPaperBroker(credentials.key_id, credentials.secret_key, base_url=b.alpaca_url)
 
 
-def uses(model: models.Model, hook: str) -> bool:
-    """Whether the model overrides ``hook`` (``on_quote``, ``on_bar``, ``warmup``, ...)."""
-    return getattr(type(model), hook) is not getattr(models.Model, hook)
-
-
 HOOKS = {"t": "on_trade", "q": "on_quote", "b": "on_bar"}  # event kind -> model callback
 
 
 def handled_kinds(model: models.Model) -> list[str]:
     """The event kinds (``t``, ``q``, ``b``) whose callback the model implements."""
-    return [kind for kind, hook in HOOKS.items() if uses(model, hook)]
+    return [kind for kind, hook in HOOKS.items() if overrides(model, hook)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,9 +93,18 @@ def subscriptions(model: models.Model, broker: Broker) -> Subscriptions:
     """Trades always (they mark positions); quotes and bars when something uses them."""
     return Subscriptions(
         trades=True,
-        quotes=uses(model, "on_quote") or broker.needs_quotes,
-        bars=uses(model, "on_bar"),
+        quotes=overrides(model, "on_quote") or broker.needs_quotes,
+        bars=overrides(model, "on_bar"),
     )
+
+
+START_LEAD_NS = 5 * MINUTE_NS  # the deployments start sessions at 09:25 ET
+
+
+def start_ns(window: SessionWindow, tick_clock: bool) -> int:
+    """The tick time a session starts at: the wall clock live; in a replay the scheduled
+    start, five minutes before the open, so ``before_open`` orders meet Alpaca's cutoffs."""
+    return window.open_ns - START_LEAD_NS if tick_clock else time.time_ns()
 
 
 def stop_at_ns(config: SessionConfig, window: SessionWindow) -> int:
@@ -127,9 +131,11 @@ def build(
     run_id: str,
     credentials: Credentials | None = None,
     tick_clock: bool = True,
+    broker: Broker | None = None,
 ) -> Parts:
     """Model, book, risk gate, broker and engine for ``config`` in ``window``.
 
+    ``broker``, when given, is one to keep trading in (a multi-day backtest's account).
     ``tick_clock`` says the events are not on the wall clock (a replay): a broker that
     stamps fills with the wall clock then has them restamped with tick time.
     """
@@ -137,7 +143,7 @@ def build(
     model = models.get(name)(config.model, config.symbols)
     book = Book(config.broker.starting_cash)
     risk = RiskGate(config.risk, book)
-    broker = make_broker(config, credentials)
+    broker = broker if broker is not None else make_broker(config, credentials)
     engine = Engine(
         run_id,
         model,

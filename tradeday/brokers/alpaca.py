@@ -88,6 +88,11 @@ _STOP = object()
 _WAKE = object()
 
 
+@dataclass(frozen=True, slots=True)
+class _CancelRequest:
+    client_order_id: str
+
+
 class AlpacaError(BrokerError):
     """Alpaca refused a request that has no execution to carry the refusal."""
 
@@ -300,6 +305,10 @@ class AlpacaPaperBroker(Broker):
             return
         self._queue.put(order)
 
+    def cancel_order(self, client_order_id: str, now: int) -> None:
+        """Queued for the worker, behind the order itself if that is not sent yet."""
+        self._queue.put(_CancelRequest(client_order_id))
+
     def positions(self) -> dict[str, int]:
         held = self._sync("GET /v2/positions", lambda c: c.get_all_positions())
         return {p.symbol: int(_decimal(p.qty)) for p in held if _decimal(p.qty)}
@@ -475,6 +484,8 @@ class AlpacaPaperBroker(Broker):
                 return
             if isinstance(item, BrokerOrder):
                 self._send(item)
+            elif isinstance(item, _CancelRequest):
+                self._request_cancel(item.client_order_id)
             if self._busy() and time.monotonic() >= next_poll:
                 try:
                     failures = 0 if self._poll() else failures + 1
@@ -515,16 +526,35 @@ class AlpacaPaperBroker(Broker):
                 self._unconfirmed[cid] = order
             return
         log.info(
-            "order %s %s %s %d accepted as %s in %.1f ms",
+            "order %s %s %s %d %s accepted as %s in %.1f ms",
             cid,
             order.side.value,
             order.symbol,
             order.qty,
+            order.tif.value,
             placed.id,
             (time.perf_counter() - started) * 1000,
         )
         with self._lock:
             self._follow(placed, baseline=False)
+
+    def _request_cancel(self, cid: str) -> None:
+        """``DELETE /v2/orders/{id}``; the poll that follows reports the order's end."""
+        with self._lock:
+            tracked = self._tracked.get(cid)
+            working = cid in self._working
+        if tracked is None or not working:
+            log.info("cancel of %s: not a working order here; nothing to cancel", cid)
+            return
+        try:
+            self._worker_api.call(
+                f"DELETE order {cid}", lambda c: c.cancel_order_by_id(tracked.broker_order_id)
+            )
+        except APIError as err:
+            if err.status_code != 422:  # 422: it filled or ended first, as the poll will show
+                log.warning("cancel of %s refused: %s", cid, _message(err))
+        except AlpacaUnavailable as err:
+            log.warning("cancel of %s not sent: %s", cid, err)
 
     def _adopt(self, order: BrokerOrder) -> None:
         """The id exists at Alpaca already: follow that order instead of placing another."""
@@ -733,7 +763,7 @@ class AlpacaPaperBroker(Broker):
             "symbol": order.symbol,
             "qty": order.qty,
             "side": OrderSide(order.side.value),
-            "time_in_force": TimeInForce.DAY,
+            "time_in_force": TimeInForce(order.tif.value),
             "client_order_id": order.client_order_id,
         }
         if order.limit_price is None:

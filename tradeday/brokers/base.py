@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
-from tradeday.events import Bar, Quote, Side, Trade
+from tradeday.events import Bar, Quote, Side, TimeInForce, Trade
 
 
 class BrokerError(RuntimeError):
@@ -47,6 +47,7 @@ class BrokerOrder:
     qty: int
     ts: int
     limit_price: float | None = None
+    tif: TimeInForce = TimeInForce.DAY
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +88,13 @@ class Broker(ABC):
     @abstractmethod
     def submit(self, order: BrokerOrder) -> None:
         """Send an order; its fate arrives later in :attr:`executions`."""
+
+    @abstractmethod
+    def cancel_order(self, client_order_id: str, now: int) -> None:
+        """Cancel a working order (one that ended already is left alone).
+
+        Its CANCELED execution, or its fills if it filled first, arrive in :attr:`executions`.
+        """
 
     def on_trade(self, trade: Trade) -> None:  # noqa: B027 - optional market-data hook
         """Market data for brokers that simulate fills; real brokers ignore it."""
