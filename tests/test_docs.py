@@ -487,6 +487,8 @@ def doc_runs(api_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str
         return {p.name: r for p, r in zip(RUN_DOCS, results, strict=True)}
 
 
+# the first of these tests sets up doc_runs, which runs every doc: its time counts there
+@pytest.mark.timeout(1500)
 @pytest.mark.parametrize("path", RUN_DOCS, ids=lambda p: p.name)
 def test_doc_commands_run(path: Path, doc_runs: dict[str, object]):
     result = doc_runs[path.name]
