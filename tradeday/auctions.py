@@ -15,10 +15,10 @@ from datetime import date, timedelta
 from functools import cache
 
 from tradeday.calendar import EXCHANGE_TZ, MarketClosed, session_window
-from tradeday.events import NS_PER_S, SessionWindow, TimeInForce, ns_to_datetime
+from tradeday.events import MINUTE_NS, SessionWindow, TimeInForce, ns_to_datetime
 
-OPG_CUTOFF_NS = 2 * 60 * NS_PER_S  # before the open
-CLS_CUTOFF_NS = 10 * 60 * NS_PER_S  # before the close
+OPG_CUTOFF_NS = 2 * MINUTE_NS  # before the open
+CLS_CUTOFF_NS = 10 * MINUTE_NS  # before the close
 NEXT_DAY_HOUR = 19  # ET: from then on, orders go to the next session's auctions
 _SEARCH_DAYS = 10  # the longest run of closed days (weekend plus holidays) is far shorter
 
