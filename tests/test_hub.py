@@ -20,7 +20,8 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-import websockets.sync.client
+import websockets.exceptions
+from websockets.sync.client import connect as ws_connect  # bound before open_client patches it
 
 from tests.conftest import BIN, OPEN_FIXTURE, free_port
 from tradeday import recording
@@ -165,7 +166,7 @@ def test_a_slow_session_is_cut_with_407_and_a_fast_one_gets_everything() -> None
     port = free_port()
     with hub_on(f"ws://127.0.0.1:{port}", max_pending=20_000) as hub:
         fast = Session(hub, trades=["ES"])
-        slow = websockets.sync.client.connect(hub.url, max_queue=4)  # subscribes, never reads
+        slow = ws_connect(hub.url, max_queue=4)  # subscribes, never reads
         slow.recv(timeout=5)
         slow.send(orjson.dumps({"action": "auth", "key": HUB_KEY, "secret": SECRET}).decode())
         slow.send('{"action":"subscribe","trades":["ES"]}')
@@ -236,7 +237,7 @@ def test_an_upstream_drop_reconnects_resubscribes_and_sessions_see_the_gap() -> 
 
 def test_a_refused_upstream_406_is_retried_until_the_old_connection_lets_go() -> None:
     with upstream(TRADES, max_connections=1) as alpaca:
-        lingering = websockets.sync.client.connect(alpaca.url)
+        lingering = ws_connect(alpaca.url)
         lingering.recv(timeout=5)
         lingering.send(
             orjson.dumps({"action": "auth", "key": ALPACA_KEY, "secret": ALPACA_SECRET}).decode()
@@ -254,7 +255,7 @@ def test_a_refused_upstream_406_is_retried_until_the_old_connection_lets_go() ->
 
 def test_406_beyond_the_retry_window_stops_the_hub_with_the_reason() -> None:
     with upstream(TRADES, max_connections=1) as alpaca:
-        lingering = websockets.sync.client.connect(alpaca.url)
+        lingering = ws_connect(alpaca.url)
         lingering.recv(timeout=5)
         lingering.send(
             orjson.dumps({"action": "auth", "key": ALPACA_KEY, "secret": ALPACA_SECRET}).decode()
@@ -389,7 +390,8 @@ def test_a_killed_hub_keeps_a_readable_recording_of_what_it_flushed(tmp_path: Pa
             wait_for(lambda: proc.poll() is None and _listening(port), 120)
             client = open_client(f"ws://127.0.0.1:{port}", HUB_KEY, SECRET)
             client.subscribe_trades(["ES"])
-            wait_for(lambda: alpaca.stats.sent >= 1_500)
+            day = tmp_path / "2013-09-03"
+            wait_for(lambda: alpaca.stats.sent >= 1_500 and any(day.glob("[!.]*.parquet")), 60)
             proc.kill()  # no flush at exit: only what the 0.2 s writes had already put down
             proc.wait(10)
         finally:

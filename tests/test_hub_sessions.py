@@ -5,6 +5,7 @@ SQLite ledgers, real websockets on 127.0.0.1."""
 from __future__ import annotations
 
 import threading
+import time
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -15,12 +16,13 @@ from tests.conftest import OPEN_FIXTURE, free_port
 from tests.test_hub import ALPACA_KEY, ALPACA_SECRET, SECRET, hub_on, upstream, wait_for
 from tradeday import recording
 from tradeday.calendar import session_window
-from tradeday.config import parse_session_config
+from tradeday.config import FeedConfig, parse_session_config
+from tradeday.events import NS_PER_S, SessionWindow
 from tradeday.feed import FeedError
 from tradeday.hub import Hub
 from tradeday.replay.server import ReplayServer
 from tradeday.session import SessionResult, TradingSession
-from tradeday.sources import make_source
+from tradeday.sources import HubSource, make_source
 
 DAY = date(2013, 9, 3)
 TRADES = recording.load(OPEN_FIXTURE)
@@ -137,3 +139,16 @@ def test_sessions_reconnect_to_a_restarted_hub_and_end_flat(
         assert 1_000 < result.ticks <= 5_000  # what came before the kill and after it
         assert s.engine.stop_reason == "end of data"
         s.close()
+
+
+def test_a_hub_session_follows_the_wall_clock_today_and_tick_time_for_a_past_day() -> None:
+    now = time.time_ns()
+    today = SessionWindow(date.today(), now - 60 * NS_PER_S, now + 3_600 * NS_PER_S)
+    live = make_source(FeedConfig(source="hub", stale_after_s=1.0), today)
+    assert isinstance(live, HubSource) and not live.tick_clock
+    assert live.past(now) and not live.past(now + 3_600 * NS_PER_S)
+    assert live.silent_since_open(30) and live.is_stale(1.5)
+    rehearsal = make_source(FeedConfig(source="hub", stale_after_s=1.0), session_window(DAY))
+    assert rehearsal.tick_clock and not rehearsal.past(now)
+    assert not rehearsal.silent_since_open(30) and rehearsal.is_stale(1.5)
+    assert not rehearsal.is_stale(0.5)

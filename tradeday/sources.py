@@ -27,6 +27,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from websockets.exceptions import WebSocketException
+from websockets.sync.client import connect as ws_connect  # bound before open_client patches it
+
 from tradeday import history, recording
 from tradeday.events import MINUTE_NS, NS_PER_S, Bar, SessionWindow
 from tradeday.feed import ENDPOINTS, FeedError
@@ -277,6 +280,9 @@ class HubSource(AlpacaSource):
             return Source.is_stale(self, seconds_since_frame)
         return super().is_stale(seconds_since_frame)
 
+    def silent_since_open(self, seconds: float) -> bool:
+        return not self.rehearsal and super().silent_since_open(seconds)
+
     def past(self, stop_at_ns: int) -> bool:
         return not self.rehearsal and super().past(stop_at_ns)
 
@@ -285,13 +291,12 @@ def _reachable(url: str) -> None:
     """Fail the session's start with how to fix it when no hub answers at ``url``.
 
     A websocket handshake up to the hub's ``connected``, then a clean close: a bare TCP
-    probe would leave a handshake error in the hub's log for every session start.
+    probe would leave a handshake error in the hub's log for every session start. The
+    connect function is the one bound at import: :func:`tradeday.feed.open_client` swaps
+    the module's attribute while another session of this process connects.
     """
-    from websockets.exceptions import WebSocketException
-    from websockets.sync.client import connect
-
     try:
-        with connect(url, open_timeout=2.0, close_timeout=1.0) as ws:
+        with ws_connect(url, open_timeout=2.0, close_timeout=1.0) as ws:
             ws.recv(timeout=2.0)
     except (OSError, TimeoutError, WebSocketException) as exc:
         raise FeedError(
