@@ -191,7 +191,7 @@ def test_fast_path_parses_every_rfc3339_form_alpaca_may_send() -> None:
     ]
 
 
-# -- the numpy parse of a frame's stamps (frames with VECTOR_MIN or more distinct stamps) --
+# -- the numpy parse of a frame's stamps (VECTOR_MIN or more new stamps, half the frame) --
 
 NS = NS_PER_S
 DAY_NS = 1_378_166_400_000_000_000  # 2013-09-03T00:00:00Z
@@ -248,7 +248,7 @@ HALF_PAST = DAY_NS + (13 * 3600 + 30 * 60) * NS  # 2013-09-03T13:30:00Z
 def test_frames_the_numpy_parse_refuses_are_parsed_stamp_by_stamp(
     odd: str, odd_ns: int | None
 ) -> None:
-    stamps = unique_stamps(20)
+    stamps = unique_stamps(VECTOR_MIN + 10)
     stamps.insert(10, odd)
     assert frame_stamps_ns(stamps) is None
     sink = Sink()
@@ -276,9 +276,9 @@ def test_numpy_parsed_frames_drop_out_of_order_prints_per_symbol() -> None:
     """Frames in order take the C path; any print earlier than the latest one seen is
     checked against its own symbol's last print."""
     first, later, earlier = (
-        unique_stamps(20, 13 * 3600 * NS),
-        unique_stamps(20, 14 * 3600 * NS),
-        unique_stamps(20, 12 * 3600 * NS),
+        unique_stamps(50, 13 * 3600 * NS),
+        unique_stamps(50, 14 * 3600 * NS),
+        unique_stamps(50, 12 * 3600 * NS),
     )
     sink = Sink()
     decoder = sink.decoder()
@@ -290,7 +290,7 @@ def test_numpy_parsed_frames_drop_out_of_order_prints_per_symbol() -> None:
     # unsorted within a frame: each print after a later one of its symbol is dropped
     decoder.feed(orjson.dumps([trade(ts, 4, symbol="QQQ") for ts in reversed(later)]))
     stats = decoder.stats
-    assert (stats.trades, stats.out_of_order) == (40 + 10 + 1, 10 + 19)
+    assert (stats.trades, stats.out_of_order) == (100 + 25 + 1, 25 + 49)
     assert [e.ts for e in sink.events] == [
         *(expected_ns(s) for s in first),
         *(expected_ns(s) for s in later),
