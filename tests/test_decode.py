@@ -6,15 +6,15 @@ compared against ``recording.events``, the independent row-to-event converter.
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
 
 import orjson
 import pytest
 
 from tests.conftest import OPEN_FIXTURE
 from tradeday import recording
-from tradeday.decode import Decoder, Event
-from tradeday.events import Bar, Quote, Trade
+from tradeday.decode import VECTOR_MIN, Decoder, Event, frame_stamps_ns
+from tradeday.events import NS_PER_S, Bar, Quote, Trade, datetime_to_ns
 from tradeday.replay.wire import Block, Format, join
 
 
@@ -188,4 +188,112 @@ def test_fast_path_parses_every_rfc3339_form_alpaca_may_send() -> None:
         500_000_000,
         1_000_000_000,
         1_123_456_789,
+    ]
+
+
+# -- the numpy parse of a frame's stamps (VECTOR_MIN or more new stamps, half the frame) --
+
+NS = NS_PER_S
+DAY_NS = 1_378_166_400_000_000_000  # 2013-09-03T00:00:00Z
+
+
+def unique_stamps(n: int, start_ns: int = 13 * 3600 * NS + 59 * NS) -> list[str]:
+    """n distinct nine-digit stamps from 13:00:59 on, crossing a second; every digit used."""
+    out = []
+    for i in range(n):
+        ns = start_ns + i * 123_456_789 + (i % 10) * 111_111_111 % NS
+        seconds, frac = divmod(ns, NS)
+        h, rest = divmod(seconds, 3600)
+        out.append(f"2013-09-03T{h:02d}:{rest // 60:02d}:{rest % 60:02d}.{frac:09d}Z")
+    return sorted(out)
+
+
+def expected_ns(stamp: str) -> int:
+    """An independent parse: datetime for the seconds, the text's digits for the fraction."""
+    head, _, frac = stamp[:-1].partition(".")
+    whole = datetime_to_ns(datetime.fromisoformat(head + "+00:00"))
+    return whole + int(frac[:9].ljust(9, "0"))
+
+
+def test_numpy_parse_keeps_every_nanosecond() -> None:
+    stamps = [*unique_stamps(100), "2013-09-03T23:59:59.999999999Z"]
+    stamps[0] = "2013-09-03T00:00:00.000000001Z"
+    assert len(set(stamps)) >= VECTOR_MIN
+    assert frame_stamps_ns(stamps) == [expected_ns(s) for s in stamps]
+    sink = Sink()
+    decoder = sink.decoder()
+    decoder.feed(orjson.dumps([trade(ts, i) for i, ts in enumerate(stamps)]))
+    assert [e.ts for e in sink.events] == [expected_ns(s) for s in stamps]
+    assert sink.events[0].ts == DAY_NS + 1
+    assert sink.events[-1].ts == DAY_NS + 86_400 * NS - 1
+    assert decoder.stats.trades == len(stamps) and decoder.stats.skipped == 0
+
+
+HALF_PAST = DAY_NS + (13 * 3600 + 30 * 60) * NS  # 2013-09-03T13:30:00Z
+
+
+@pytest.mark.parametrize(
+    ("odd", "odd_ns"),
+    [
+        ("2013-09-03T13:30:00.0400+00:00", HALF_PAST + 40_000_000),  # 30 characters, not "Z"
+        ("2013-09-03T09:30:00.5-04:00", HALF_PAST + 500_000_000),
+        ("2013-09-03T13:30:01Z", HALF_PAST + NS),  # no fraction
+        ("2013-09-03T13:30:01.123456789123Z", HALF_PAST + NS + 123_456_789),  # truncated
+        ("2013-09-04T00:00:00.000000000Z", DAY_NS + 86_400 * NS),  # the next day, same frame
+        ("2013-13-03T13:30:00.000000000Z", None),  # no month 13
+        ("2013-09-03T24:30:00.000000000Z", None),  # no hour 24
+        ("2013-09-03T13:30:00.00000000xZ", None),
+    ],
+)
+def test_frames_the_numpy_parse_refuses_are_parsed_stamp_by_stamp(
+    odd: str, odd_ns: int | None
+) -> None:
+    stamps = unique_stamps(VECTOR_MIN + 10)
+    stamps.insert(10, odd)
+    assert frame_stamps_ns(stamps) is None
+    sink = Sink()
+    decoder = sink.decoder()
+    # each print its own symbol, so none is out of order whatever the odd stamp's time
+    decoder.feed(orjson.dumps([trade(ts, i, symbol=f"S{i}") for i, ts in enumerate(stamps)]))
+    good = [(f"S{i}", odd_ns if s == odd else expected_ns(s)) for i, s in enumerate(stamps)]
+    assert [(e.symbol, e.ts) for e in sink.events] == [g for g in good if g[1] is not None]
+    assert decoder.stats.bad_messages == (1 if odd_ns is None else 0)
+    assert decoder.stats.slow_frames == 0
+
+
+def test_repeated_stamps_are_parsed_once_each_and_exactly() -> None:
+    """A frame of a few stamps repeated (one order sweeping levels) skips the numpy parse."""
+    distinct = unique_stamps(VECTOR_MIN - 1)
+    stamps = [s for s in distinct for _ in range(7)]
+    sink = Sink()
+    decoder = sink.decoder()
+    decoder.feed(orjson.dumps([trade(ts, i) for i, ts in enumerate(stamps)]))
+    assert [e.ts for e in sink.events] == [expected_ns(s) for s in stamps]
+    assert decoder.stats.trades == len(stamps) and decoder.stats.skipped == 0
+
+
+def test_numpy_parsed_frames_drop_out_of_order_prints_per_symbol() -> None:
+    """Frames in order take the C path; any print earlier than the latest one seen is
+    checked against its own symbol's last print."""
+    first, later, earlier = (
+        unique_stamps(50, 13 * 3600 * NS),
+        unique_stamps(50, 14 * 3600 * NS),
+        unique_stamps(50, 12 * 3600 * NS),
+    )
+    sink = Sink()
+    decoder = sink.decoder()
+    decoder.feed(orjson.dumps([trade(ts, 1) for ts in first]))
+    decoder.feed(orjson.dumps([trade(ts, 2) for ts in later]))
+    # NQ's first prints are earlier than ES's latest: kept; ES's own earlier prints: dropped
+    mixed = [trade(ts, 3, symbol="NQ" if i % 2 else "ES") for i, ts in enumerate(earlier)]
+    decoder.feed(orjson.dumps(mixed))
+    # unsorted within a frame: each print after a later one of its symbol is dropped
+    decoder.feed(orjson.dumps([trade(ts, 4, symbol="QQQ") for ts in reversed(later)]))
+    stats = decoder.stats
+    assert (stats.trades, stats.out_of_order) == (100 + 25 + 1, 25 + 49)
+    assert [e.ts for e in sink.events] == [
+        *(expected_ns(s) for s in first),
+        *(expected_ns(s) for s in later),
+        *(expected_ns(s) for i, s in enumerate(earlier) if i % 2),
+        expected_ns(later[-1]),
     ]
