@@ -26,7 +26,7 @@ import msgspec
 import numpy as np
 import orjson
 
-from tradeday.events import NS_PER_S, Bar, Quote, Trade
+from tradeday.events import DAY_NS, NS_PER_S, Bar, Quote, Trade
 
 Event = Trade | Quote | Bar
 
@@ -74,7 +74,6 @@ _DIGIT_NS[[11, 12, 14, 15, 17, 18]] = [36_000, 3_600, 600, 60, 10, 1]
 _DIGIT_NS *= NS_PER_S
 _DIGIT_NS[20:29] = 10 ** np.arange(8, -1, -1)
 _day_cache: dict[str, int] = {}
-_DAY_NS = 86_400 * NS_PER_S
 VECTOR_MIN = 40
 """Events a frame needs for the numpy parse to pay: its calls cost about 40 of the loop's
 stamp parses (CPU instructions), and it is tried only when sampled neighbours all differ."""
@@ -108,7 +107,7 @@ def frame_stamps_ns(stamps: list[str]) -> list[int] | None:
             _day_cache.clear()
         _day_cache[text[:10]] = day = int(day) * NS_PER_S
     ns = (digits @ _DIGIT_NS + day).tolist()
-    if max(ns) >= day + _DAY_NS:  # an hour past 23
+    if max(ns) >= day + DAY_NS:  # an hour past 23
         return None
     return ns
 
