@@ -140,4 +140,5 @@ def overrides(model: Model, hook: str) -> bool:
 
     What a model does not override costs nothing: no subscription, no call.
     """
-    return getattr(type(model), hook) is not getattr(Model, hook)
+    default = getattr(Model, hook)
+    return getattr(type(model), hook, default) is not default  # duck-typed models lack some
