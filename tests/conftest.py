@@ -155,12 +155,15 @@ def run_prefect_server(home: Path, **env: str) -> Iterator[PrefectServer]:
 
 @contextmanager
 def run_tradeday_serve(server: PrefectServer, cwd: Path) -> Iterator[subprocess.Popen]:
-    """``tradeday serve`` against ``server``, polling every second; stopped before the server."""
+    """``tradeday serve`` against ``server``; stopped before the server.
+
+    No ``PREFECT_RUNNER_POLL_FREQUENCY``: serve's own one-second poll (deployments.POLL_SECONDS)
+    is what starts the runs here, as for users."""
     log = cwd / "serve.log"
     t0 = time.monotonic()
     proc = subprocess.Popen(
         [str(BIN / "tradeday"), "serve"],
-        env={**server.env, "PREFECT_RUNNER_POLL_FREQUENCY": "1"},
+        env={k: v for k, v in server.env.items() if k != "PREFECT_RUNNER_POLL_FREQUENCY"},
         cwd=cwd,
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
