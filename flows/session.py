@@ -16,11 +16,11 @@ from tasks.calendar import market_window
 from tasks.credentials import alpaca_credentials
 from tasks.recovery import recover_crashed_runs
 from tasks.reporting import report_session
-from tasks.streaming import stream_session
+from tasks.streaming import stream
 from tasks.ui import SessionProgress, session_tags, tag_flow_run
 from tradeday.calendar import MarketClosed, exchange_today
 from tradeday.config import SessionConfig
-from tradeday.report_delivery import check_writable, deliver_report
+from tradeday.report_delivery import check_writable
 from tradeday.session import TradingSession
 from tradeday.wiring import needs_credentials
 
@@ -62,7 +62,7 @@ def trading_session(config: SessionConfig = SessionConfig(), session_date: date 
     )
     status, message = "completed", ""
     try:
-        stream_session(session)
+        stream(session)
     except (TerminationSignal, KeyboardInterrupt) as exc:
         status, message = "cancelled", f"stopped by {type(exc).__name__}"
         raise
@@ -71,13 +71,13 @@ def trading_session(config: SessionConfig = SessionConfig(), session_date: date 
         raise
     finally:
         result = session.shutdown(status, message)
-        if status != "completed":
-            logger.info(
-                deliver_report(config.ledger_url, session.run_id, config.report_path).message()
-            )
         session.close()
+        # every ending publishes its summary; a stopped run writes its report without a
+        # new task run (the cancel's grace period is short, the API may be what failed)
+        delivery = report_session(
+            result, config.ledger_url, config.report_path, logger, as_task=status == "completed"
+        )
     progress.done()
-    delivery = report_session(result, config.ledger_url, config.report_path, logger)
     data = {
         **result.as_dict(),
         "report_path": str(delivery.path.resolve()),

@@ -23,15 +23,27 @@ def end_of_day_report(ledger_url: str, run_id: str, report_path: str) -> Deliver
 
 
 def report_session(
-    result: SessionResult, ledger_url: str, report_path: str, logger: Logger | LoggerAdapter
+    result: SessionResult,
+    ledger_url: str,
+    report_path: str,
+    logger: Logger | LoggerAdapter,
+    *,
+    as_task: bool = True,
 ) -> Delivery:
-    """Write the session's report (or defer it) and publish its summary; never raises."""
-    try:
-        delivery = end_of_day_report(ledger_url, result.run_id, report_path)
-    except Exception as exc:  # Prefect's task machinery (deliver_report never raises)
-        logger.warning(
-            "end-of-day-report task: %s: %s; writing without it", type(exc).__name__, exc
-        )
+    """Write the session's report (or defer it) and publish its summary; never raises.
+
+    ``as_task`` runs the write as the end-of-day-report task; without it (or when the task
+    run cannot be created) the same function runs directly.
+    """
+    delivery: Delivery | None = None
+    if as_task:
+        try:
+            delivery = end_of_day_report(ledger_url, result.run_id, report_path)
+        except Exception as exc:  # Prefect's task machinery (deliver_report never raises)
+            logger.warning(
+                "end-of-day-report task: %s: %s; writing without it", type(exc).__name__, exc
+            )
+    if delivery is None:
         delivery = deliver_report(ledger_url, result.run_id, report_path)
     if delivery.status == "written":
         logger.info(delivery.message())
