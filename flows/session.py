@@ -14,6 +14,8 @@ from prefect.states import Completed
 
 from tasks.calendar import market_window
 from tasks.credentials import alpaca_credentials
+from tasks.events import SessionEvents
+from tasks.live_view import LiveView
 from tasks.recovery import recover_crashed_runs
 from tasks.reporting import report_session
 from tasks.streaming import stream
@@ -59,6 +61,7 @@ def trading_session(config: SessionConfig = SessionConfig(), session_date: date 
         flow_run_id=str(flow_run.id or ""),
         deployment=deployment.name or "",
         on_progress=progress,
+        observers=[LiveView(logger), SessionEvents()],
     )
     status, message = "completed", ""
     try:

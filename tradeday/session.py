@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from models.base import overrides
@@ -62,6 +62,7 @@ class TradingSession:
         deployment: str = "",
         logger: logging.Logger | logging.LoggerAdapter | None = None,
         on_progress: Callable[[float], None] | None = None,
+        observers: Sequence[Callable[[TradingSession], None]] = (),
         source: Source | None = None,
     ) -> None:
         self.config = config
@@ -70,6 +71,7 @@ class TradingSession:
         self.run_id = run_id or new_run_id(self.day)
         self.log = logger or log
         self.on_progress = on_progress
+        self.observers = list(observers)
         self.model_name = config.model.name
         self.account = wiring.account_of(config, credentials)
         self.source = source or make_source(config.feed, window, credentials)
@@ -226,7 +228,9 @@ class TradingSession:
         """Hand what the engine buffered to the ledger writer; main thread, never per tick.
 
         The writer keeps what the ledger refuses; how long it has refused is the risk
-        gate's ``max_ledger_outage_minutes`` input.
+        gate's ``max_ledger_outage_minutes`` input. Then the ``observers`` (the live view,
+        events) see the session, here on the main thread, never per tick; the last call
+        comes from :meth:`shutdown`, with :attr:`status` no longer ``running``.
         """
         assert self.writer is not None, "flush() before start()"
         batch = self.engine.take_batch(positions=positions)
@@ -236,6 +240,11 @@ class TradingSession:
         if self.on_progress is not None and self.engine.clock:
             span = self.stop_at_ns - self.window.open_ns
             self.on_progress(max(0.0, min(1.0, (self.engine.clock - self.window.open_ns) / span)))
+        for observe in self.observers:
+            try:
+                observe(self)
+            except Exception as exc:  # a view of the session never stops it
+                self.log.warning("observer %r failed: %s: %s", observe, type(exc).__name__, exc)
 
     def shutdown(self, status: str, message: str = "") -> SessionResult:
         """Stop the feed, flatten this session's positions, record the outcome. Idempotent."""
