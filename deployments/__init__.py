@@ -56,12 +56,19 @@ def runner_deployments(path: Path = PREFECT_YAML) -> list[RunnerDeployment]:
 
 
 def serve(limit: int | None = None) -> None:
-    """Serve every deployment from this process until SIGTERM/Ctrl-C.
+    """Serve every deployment, with tradeday's automations, from this process until SIGTERM/Ctrl-C.
 
     ``pause_on_shutdown=False``: stopping the server process pauses no schedule the user did
     not pause; runs that come due while it is down wait as Late and start when it is back.
     """
     from prefect import serve as prefect_serve
 
+    from deployments.automations import apply_automations
+
+    served = runner_deployments()
+    for deployment in served:  # registered first: the automations name flatten-now's id
+        deployment.apply()
+    for name in apply_automations():
+        print(f"automation: {name}")
     poll = None if "PREFECT_RUNNER_POLL_FREQUENCY" in os.environ else POLL_SECONDS
-    prefect_serve(*runner_deployments(), pause_on_shutdown=False, limit=limit, query_seconds=poll)
+    prefect_serve(*served, pause_on_shutdown=False, limit=limit, query_seconds=poll)

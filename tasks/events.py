@@ -38,6 +38,11 @@ def resource(run_id: str, deployment: str, model: str, account: str) -> dict[str
     }
 
 
+def account_resource(account: str) -> dict[str, str]:
+    """For what concerns a broker account rather than one session (a failed recovery)."""
+    return {"prefect.resource.id": f"tradeday.account.{account}", "tradeday.account": account}
+
+
 def emit(name: str, res: dict[str, str], payload: dict | None = None) -> None:
     """One event; never raises (events are a view of trading, not part of it)."""
     try:

@@ -7,6 +7,7 @@ from uuid import UUID
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.events import RECOVERY, RECOVERY_FAILED, account_resource, emit, resource
 from tradeday.brokers.base import AccountCloser
 from tradeday.config import SessionConfig
 from tradeday.ledger import Ledger
@@ -32,13 +33,24 @@ def recover_crashed_runs(
     logger = get_run_logger()
     broker = make_broker(config, credentials)
     with Ledger(config.ledger_url) as ledger:
+        account = account_of(config, credentials)
         try:
-            done = recover(ledger, broker, account_of(config, credentials), by=by)
+            try:
+                done = recover(ledger, broker, account, by=by)
+            except Exception as exc:
+                emit(RECOVERY_FAILED, account_resource(account), {"by": by, "error": repr(exc)})
+                raise
             for rec in done:
                 logger.warning(
                     "recovered crashed run %s: closed %s", rec.run_id, rec.closed or "nothing"
                 )
                 run = ledger.run(rec.run_id)
+                if run is not None:
+                    emit(
+                        RECOVERY,
+                        resource(rec.run_id, run.deployment, run.model, run.account),
+                        {"by": by, "closed": rec.closed, "fills": rec.fills, "left": rec.left},
+                    )
                 if run is not None and run.flow_run_id:
                     mark_flow_run_crashed(run.flow_run_id, run.message)
                 delivery = deliver_report(config.ledger_url, rec.run_id, config.report_path)
