@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from uuid import UUID
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Cancelled, Completed, Crashed, Failed
 
 from tasks.events import RECOVERY, RECOVERY_FAILED, account_resource, emit, resource
 from tradeday.brokers.base import AccountCloser
@@ -14,6 +16,13 @@ from tradeday.ledger import Ledger
 from tradeday.recovery import recover
 from tradeday.report_delivery import deliver_report
 from tradeday.wiring import Credentials, account_of, make_broker
+
+FINAL_STATES = {
+    "completed": Completed,
+    "cancelled": Cancelled,
+    "failed": Failed,
+    "crashed": Crashed,
+}
 
 
 @task(name="recover", cache_policy=NO_CACHE)
@@ -57,13 +66,32 @@ def recover_crashed_runs(
                 logger.info("crashed run %s: %s", rec.run_id, delivery.message())
         finally:
             broker.close()
+        reconciled = reconcile_flow_runs(ledger)
+    if reconciled:
+        logger.info("%d finished run(s) had their Prefect state set from the ledger", reconciled)
     if not done:
         logger.info("no crashed runs to recover")
     return [{"run_id": r.run_id, "closed": r.closed, "fills": r.fills} for r in done]
 
 
 def mark_flow_run_crashed(flow_run_id: str, message: str) -> None:
-    """A killed run's flow run stays Running in Prefect: end it Crashed, with recovery's words.
+    """A killed run's flow run stays Running in Prefect: end it Crashed, with recovery's words."""
+    set_final_state(flow_run_id, "crashed", message)
+
+
+def reconcile_flow_runs(ledger: Ledger, days: int = 3) -> int:
+    """Runs the ledger has finished whose flow run is still Running or Pending (the API was
+    down when the session ended) get the ledger's status as their Prefect state; how many."""
+    since = time.time_ns() - days * 86_400 * 10**9
+    done = 0
+    for run in ledger.runs():
+        if run.flow_run_id and run.status in FINAL_STATES and (run.ended_ns or 0) >= since:
+            done += set_final_state(run.flow_run_id, run.status, run.message)
+    return done
+
+
+def set_final_state(flow_run_id: str, status: str, message: str) -> bool:
+    """Set a ledger status (completed, cancelled, failed, crashed) as the flow run's state.
 
     Only a run still Running or Pending is touched, so a state set meanwhile (a cancel, a
     late Completed) stands. Prefect is not on the trading path: failing to reach it is
@@ -71,21 +99,22 @@ def mark_flow_run_crashed(flow_run_id: str, message: str) -> None:
     """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.objects import StateType
-    from prefect.states import Crashed
 
     logger = get_run_logger()
     try:
         with get_client(sync_client=True) as client:
             state = client.read_flow_run(UUID(flow_run_id)).state
-            if state is not None and state.type in (StateType.RUNNING, StateType.PENDING):
-                client.set_flow_run_state(
-                    UUID(flow_run_id), Crashed(message=message[:500]), force=True
-                )
-                logger.info("flow run %s marked Crashed", flow_run_id)
-    except Exception as exc:  # the API down, the run deleted: the ledger already says crashed
+            if state is None or state.type not in (StateType.RUNNING, StateType.PENDING):
+                return False
+            new = FINAL_STATES[status](message=message[:500])
+            client.set_flow_run_state(UUID(flow_run_id), new, force=True)
+            logger.info("flow run %s marked %s from the ledger", flow_run_id, new.name)
+            return True
+    except Exception as exc:  # the API down, the run deleted: the ledger already says it
         logger.warning(
-            "flow run %s not marked Crashed: %s: %s", flow_run_id, type(exc).__name__, exc
+            "flow run %s not marked %s: %s: %s", flow_run_id, status, type(exc).__name__, exc
         )
+        return False
 
 
 @task(name="close-account", cache_policy=NO_CACHE)

@@ -121,10 +121,11 @@ def _healthy(api_url: str) -> bool:
 
 
 @contextmanager
-def run_prefect_server(home: Path, **env: str) -> Iterator[PrefectServer]:
-    """``prefect server start`` on a free 127.0.0.1 port with its own PREFECT_HOME."""
+def run_prefect_server(home: Path, port: int | None = None, **env: str) -> Iterator[PrefectServer]:
+    """``prefect server start`` on ``port`` (default a free one) of 127.0.0.1 with its own
+    PREFECT_HOME; the same home and port again restart the same server."""
     home.mkdir(parents=True, exist_ok=True)
-    api_url = f"http://127.0.0.1:{free_port()}/api"
+    api_url = f"http://127.0.0.1:{port or free_port()}/api"
     full_env = {
         **os.environ,
         "PREFECT_HOME": str(home),
@@ -135,7 +136,7 @@ def run_prefect_server(home: Path, **env: str) -> Iterator[PrefectServer]:
         **env,
     }
     port = api_url.rsplit(":", 1)[1].removesuffix("/api")
-    log = home / "server.log"
+    log = home / f"server-{time.time_ns()}.log"
     t0 = time.monotonic()
     proc = subprocess.Popen(
         [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", port],

@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date, datetime, time, timedelta
 from enum import StrEnum
 from pathlib import Path
+from time import time_ns
 from typing import Annotated
 
 import typer
@@ -311,12 +313,43 @@ def run(
     from flows.session import trading_session
 
     day = date_.date() if date_ else None
-    state = trading_session(config=session, session_date=day, return_state=True)
-    print(f"{state.name}: {state.message or ''}")
-    result = state.result(raise_on_failure=False)
-    if isinstance(result, dict):
-        print(json.dumps(result, indent=2, default=str))
-    raise typer.Exit(0 if state.is_completed() else 1)
+    started_ns = time_ns()
+    try:
+        state = trading_session(config=session, session_date=day, return_state=True)
+    except Exception as exc:  # Prefect's engine, e.g. the API gone when it sets the final state
+        print(f"the Prefect flow run did not finish cleanly: {type(exc).__name__}: {exc}")
+        prefect_ok = False
+    else:
+        print(f"{state.name}: {state.message or ''}")
+        result = state.result(raise_on_failure=False)
+        if isinstance(result, dict):
+            print(json.dumps(result, indent=2, default=str))
+        prefect_ok = state.is_completed()
+    traded = _ledger_status(session.ledger_url, started_ns)
+    if traded is None:  # no session was recorded (a closed day, a refusal): Prefect's word
+        raise typer.Exit(0 if prefect_ok else 1)
+    if prefect_ok != (traded == "completed"):
+        print(f"the ledger says this session ended {traded}; that is the exit status")
+    raise typer.Exit(0 if traded == "completed" else 1)
+
+
+def _ledger_status(ledger_url: str, since_ns: int) -> str | None:
+    """The final status of the session this process ran, from the ledger: what the exit code
+    reports, since the Prefect state can fail to be set when the API is down (issue 13)."""
+    from tradeday.ledger import Ledger
+
+    try:
+        with Ledger(ledger_url) as ledger:
+            mine = [
+                r
+                for r in ledger.runs()
+                if r.pid == os.getpid()
+                and r.host == socket.gethostname()
+                and r.started_ns >= since_ns
+            ]
+    except Exception:  # the ledger unreachable: its rows are journaled; Prefect's state stands
+        return None
+    return mine[-1].status if mine and mine[-1].status != "running" else None
 
 
 @app.command()
@@ -578,6 +611,23 @@ def serve(
     import deployments
 
     deployments.serve(limit=limit)
+
+
+@app.command()
+def automations() -> None:
+    """Create (or replace) tradeday's automations on the Prefect server, as `tradeday serve` does.
+
+    For the work-pool recipe: run it after `prefect deploy --all` (docs/scaling.md).
+    TRADEDAY_NOTIFY_BLOCK names the notification block for alerts (docs/operations.md).
+    """
+    from prefect.settings import get_current_settings
+
+    if not get_current_settings().api.url:
+        sys.exit("tradeday automations: set PREFECT_API_URL to the Prefect server's API")
+    from deployments.automations import apply_automations
+
+    for name in apply_automations():
+        print(f"automation: {name}")
 
 
 @app.command()
