@@ -7,20 +7,28 @@ flow run whose state the test sets to Crashed through the API (the server emits 
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
-from conftest import PrefectServer, wait_until
-from prefect.blocks.notifications import CustomWebhookNotificationBlock
-from prefect.settings import PREFECT_API_URL, temporary_settings
+from conftest import BIN, PrefectServer, wait_until
 
 from deployments.automations import (
     ALERT,
     CRASHED_FLATTEN,
     LATE,
     NOTIFY_BLOCK_ENV,
-    apply_automations,
 )
 
 pytestmark = pytest.mark.slow
+SAVE_BLOCK = """
+from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
+block = CustomWebhookNotificationBlock(
+    name="receiver", url="http://127.0.0.1:9/alerts", json_data={"text": "{{body}}"}
+)
+print(block.save("tradeday-test-alerts", overwrite=True))
+"""
 
 
 def _automations(api) -> dict[str, dict]:
@@ -75,16 +83,25 @@ def test_serve_creates_the_crash_automation_and_a_crash_runs_flatten_now(
     assert run["parameters"]["broker"] == {}  # the crashed run's default broker: simulated
 
 
-def test_alert_automations_use_the_named_notification_block(
-    served: PrefectServer, monkeypatch: pytest.MonkeyPatch
-):
-    monkeypatch.setenv(NOTIFY_BLOCK_ENV, "custom-webhook/tradeday-test-alerts")
-    with temporary_settings({PREFECT_API_URL: served.api_url}):
-        block_id = CustomWebhookNotificationBlock(
-            name="receiver", url="http://127.0.0.1:9/alerts", json_data={"text": "{{body}}"}
-        ).save("tradeday-test-alerts", overwrite=True)
-        names = apply_automations()
-        assert apply_automations() == names  # again: replaced by name, not duplicated
+def test_alert_automations_use_the_named_notification_block(served: PrefectServer):
+    """Through ``tradeday automations`` in its own process, as the work-pool recipe runs it
+    (an in-process Prefect client here would keep this server for later tests' events)."""
+    env = {**served.env, NOTIFY_BLOCK_ENV: "custom-webhook/tradeday-test-alerts"}
+    saved = subprocess.run(
+        [sys.executable, "-c", SAVE_BLOCK], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert saved.returncode == 0, saved.stderr[-3000:]
+    block_id = saved.stdout.strip()
+    for _ in range(2):  # again: replaced by name, not duplicated
+        done = subprocess.run(
+            [str(BIN / "tradeday"), "automations"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+    names = [line.removeprefix("automation: ") for line in done.stdout.splitlines()]
     assert names == [CRASHED_FLATTEN, ALERT, LATE]
     with served.api() as api:
         found = [a for a in api.post("/automations/filter", json={}).json() if a["name"] in names]
