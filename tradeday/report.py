@@ -35,7 +35,7 @@ from tradeday.events import MINUTE_NS
 from tradeday.ledger import FillRow, Ledger, MarkRow, OrderRow, PositionRow, RiskEventRow, RunRow
 
 MONEY_DECIMALS = 6
-REPORT_SCHEMA_VERSION = 3
+REPORT_SCHEMA_VERSION = 4
 # The newest DuckDB shell on PyPI (duckdb-cli 1.5.6, installed as .venv/bin/duckdb) reads
 # storage up to v1.5.0; the duckdb 2.0 library writes v2.0.0 unless told otherwise.
 SHELL_STORAGE_VERSION = "v1.5.0"
@@ -44,9 +44,23 @@ ANNUALIZATION = math.sqrt(252 * 390)
 LOCK_WAIT_S = 60.0  # how long to wait for another process to release the file
 LOCK_RETRY_S = 0.2
 
-# The tables of schema version 3 (the same as version 2's). New columns go at the end of a table, so a migrated file and
+# Sweeps (version 4): one row per sweep, one per combination and day (tradeday.sweep_report).
+SWEEP_DDL = """
+CREATE TABLE IF NOT EXISTS sweeps (
+    sweep_id VARCHAR PRIMARY KEY, created_at TIMESTAMPTZ, status VARCHAR, models VARCHAR[],
+    symbols VARCHAR[], days DATE[], closed_days JSON, combinations BIGINT, done BIGINT
+);
+CREATE TABLE IF NOT EXISTS sweep_results (
+    sweep_id VARCHAR, model VARCHAR, params_hash VARCHAR, params JSON, session_date DATE,
+    orders BIGINT, fills BIGINT, trades BIGINT, realized DOUBLE, fees DOUBLE, net DOUBLE,
+    end_position BIGINT, stop_reason VARCHAR
+);
+"""
+
+# The tables of schema version 4 (version 3's plus the sweep tables). New columns go at the end of a table, so a migrated file and
 # a new one have the same columns in the same order.
-DDL = """
+DDL = (
+    """
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
 CREATE TABLE IF NOT EXISTS sessions (
     session_id VARCHAR PRIMARY KEY, session_date DATE, deployment VARCHAR, flow_run_id VARCHAR,
@@ -83,6 +97,8 @@ CREATE TABLE IF NOT EXISTS equity (
     position BIGINT, mark DOUBLE, realized DOUBLE, unrealized DOUBLE, fees DOUBLE, equity DOUBLE
 );
 """
+    + SWEEP_DDL
+)
 
 # Statements that bring a file from the previous version to this key's version.
 MIGRATIONS: dict[int, str] = {
@@ -93,6 +109,7 @@ ALTER TABLE pnl ADD COLUMN wins BIGINT;
 ALTER TABLE pnl ADD COLUMN closes BIGINT;
 """,
     # 3 keeps every run (no rerun replaces another) and changes only the views
+    4: SWEEP_DDL,
 }
 
 # Recreated by every write, so a changed view reaches a file with its next write. Sums of

@@ -1,0 +1,165 @@
+"""Sweeps: planning and validation, figures equal to the same backtest run alone, the DuckDB
+rows, and the Prefect flow (a real flow run on the session's test server, real processes)."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+
+import pytest
+
+from tradeday import backtest, report, sweep, sweep_report
+from tradeday.config import ConfigError
+
+SYMBOLS = ["AAPL", "MSFT"]
+# 2023-01-16 is Martin Luther King Jr. Day: a closed day inside the range
+START, END = date(2023, 1, 13), date(2023, 1, 18)
+OPEN_DAYS = [date(2023, 1, 13), date(2023, 1, 17), date(2023, 1, 18)]
+GRIDS = {"ma_crossover": {"fast_window": [3, 5]}, "mean_reversion": {"lookback": [20, 30]}}
+
+
+def small_plan() -> sweep.SweepPlan:
+    return sweep.plan(
+        models_="ma_crossover,mean_reversion",
+        symbols=SYMBOLS,
+        start=START,
+        end=END,
+        grids=GRIDS,
+        sweep_id="t3x2x2",
+    )
+
+
+def test_plan_expands_days_models_and_grids_and_skips_the_closed_day():
+    plan = small_plan()
+    assert [w.day for w in plan.days] == OPEN_DAYS
+    assert [(c.day, c.reason) for c in plan.closed] == [
+        (date(2023, 1, 16), "Dr. Martin Luther King Jr. Day")
+    ]
+    assert [c.label for c in plan.combinations] == [
+        "ma_crossover(fast_window=3)",
+        "ma_crossover(fast_window=5)",
+        "mean_reversion(lookback=20)",
+        "mean_reversion(lookback=30)",
+    ]
+    assert plan.sessions == 12
+    hashes = {c.params_hash for c in plan.combinations}
+    assert len(hashes) == 4
+    assert json.loads(plan.combinations[0].params_json)["fast_window"] == 3
+
+
+def test_a_bad_grid_value_is_refused_naming_combination_and_field():
+    with pytest.raises(ConfigError) as info:
+        sweep.plan(
+            models_="ma_crossover",
+            symbols=SYMBOLS,
+            start=START,
+            end=END,
+            grids={"ma_crossover": {"fast_window": [3, 0]}},
+        )
+    text = str(info.value)
+    assert "ma_crossover(fast_window=0): model.fast_window" in text
+    assert "fast_window=3" not in text
+
+
+@pytest.mark.parametrize(
+    ("grids", "models_", "expected"),
+    [
+        ({"ma_crossover": {"fast_window": 3}}, "ma_crossover", "grid.ma_crossover.fast_window"),
+        ({"mean_reversion": {"lookback": [5]}}, "ma_crossover", "grid.mean_reversion"),
+        ({}, "ma_crossover,nope", "models: unknown 'nope'"),
+        ({"ma_crossover": {"fastwindow": [3]}}, "ma_crossover", "model.fastwindow"),
+    ],
+)
+def test_bad_sweeps_are_refused_before_anything_runs(grids, models_, expected):
+    with pytest.raises(ConfigError, match=expected.replace("(", r"\(")):
+        sweep.plan(models_=models_, symbols=SYMBOLS, start=START, end=END, grids=grids)
+
+
+def test_a_model_the_recording_cannot_feed_is_refused_up_front():
+    with pytest.raises(ConfigError, match="volume_modulo on 2023-01-13: nothing to replay"):
+        sweep.plan(models_="all", symbols=SYMBOLS, start=START, end=END)
+
+
+def test_every_combination_equals_the_same_backtest_run_alone():
+    plan = small_plan()
+    for combination in plan.combinations:
+        results = sweep.run_combination(combination, plan.days)
+        assert [r.session_date for r in results] == OPEN_DAYS
+        for r in results:
+            alone = backtest.run(
+                {"name": combination.model, **combination.grid_values}, r.session_date, SYMBOLS
+            )
+            assert r.net == alone.book.net()
+            assert r.fills == r.trades == len(alone.fills)
+            assert r.orders == len(alone.orders)
+            assert r.end_position == 0
+
+
+def test_comparison_figures_from_the_daily_rows():
+    frame = sweep.results_frame(
+        [
+            sweep.DayResult("m", "h1", "{}", date(2023, 1, d), 2, 2, 2, net, 0.0, net, 0, "close")
+            for d, net in ((3, 10.0), (4, -30.0), (5, 5.0))
+        ]
+        + [sweep.DayResult("m", "h2", "{}", date(2023, 1, 3), 1, 1, 1, 1.0, 0.0, 1.0, 0, "close")]
+    )
+    table = sweep.compare(frame)
+    first = table.iloc[0]
+    assert (first.params_hash, first.days, first.trades, first.net) == ("h2", 1, 1, 1.0)
+    assert bool(first.best) and not bool(table.iloc[1].best)
+    h1 = table.iloc[1]
+    assert (h1.net, h1.winning_days, h1.max_drawdown) == (-15.0, 2, 30.0)
+    assert h1.mean_net == -5.0
+    assert h1.std_net == pytest.approx(21.794494717703369)
+    assert h1.sharpe == pytest.approx(-5.0 / 21.794494717703369 * 252**0.5)
+
+
+def test_report_keeps_whole_combinations_and_migrates_a_v3_file(tmp_path):
+    path = tmp_path / "reports.duckdb"
+    con = report.connect(path, read_only=False)
+    con.execute(report.DDL.replace(report.SWEEP_DDL, ""))
+    con.execute("INSERT INTO meta VALUES ('schema_version', '3')")
+    con.close()
+    plan = small_plan()
+    sweep_report.start_sweep(path, plan)
+    first = sweep.run_combination(plan.combinations[0], plan.days)
+    sweep_report.write_combination(path, plan.sweep_id, first)
+    sweep_report.write_combination(path, plan.sweep_id, first)  # a rewrite replaces
+    sweep_report.finish_sweep(path, plan.sweep_id, "cancelled")
+    row, daily = sweep_report.read_sweep(path, plan.sweep_id)
+    assert (row["status"], row["done"], row["combinations"]) == ("cancelled", 1, 4)
+    assert json.loads(row["closed_days"]) == {"2023-01-16": "Dr. Martin Luther King Jr. Day"}
+    assert daily["net"].tolist() == [r.net for r in first]
+    con = report.connect(path, read_only=True)
+    assert report.schema_version(con) == report.REPORT_SCHEMA_VERSION == 4
+    con.close()
+    text = sweep_report.sweep_markdown(path, plan.sweep_id)
+    assert "cancelled, 1/4 combinations, 3 days" in text
+    assert "2023-01-16 Dr. Martin Luther King Jr. Day" in text
+    assert "fast_window=3" in text and "**best**" in text
+
+
+def test_sweep_flow_runs_every_combination_as_a_task_and_writes_the_report(
+    prefect_harness, tmp_path
+):
+    from flows.sweep import sweep as sweep_flow
+
+    path = tmp_path / "reports.duckdb"
+    state = sweep_flow(
+        symbols=SYMBOLS,
+        models=["ma_crossover", "mean_reversion"],
+        start=START,
+        end=END,
+        grid=GRIDS,
+        report_path=str(path),
+        max_workers=2,
+        sweep_id="flow3x2x2",
+        return_state=True,
+    )
+    assert state.is_completed()
+    row, daily = sweep_report.read_sweep(path, "flow3x2x2")
+    assert (row["status"], row["done"], row["combinations"]) == ("completed", 4, 4)
+    plan = small_plan()
+    expected = [r for c in plan.combinations for r in sweep.run_combination(c, plan.days)]
+    got = {(r.params_hash, r.session_date): r.net for r in daily.itertuples()}
+    assert got == {(r.params_hash, r.session_date): r.net for r in expected}
