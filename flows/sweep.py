@@ -25,6 +25,7 @@ from prefect.exceptions import TerminationSignal
 from prefect.futures import as_completed
 from prefect.task_runners import ProcessPoolTaskRunner
 
+from tasks.ui import report_progress
 from tradeday import sweep as sweeps
 from tradeday import sweep_report
 from tradeday.config import SessionConfig
@@ -94,6 +95,7 @@ def sweep(
                 results = future.result()
                 sweep_report.write_combination(report_path, plan.sweep_id, results)
                 update_progress_artifact(progress, 100.0 * done / len(pending))
+                report_progress(done / len(pending))
                 logger.info(
                     "%d/%d done: %s net %.2f",
                     done,

@@ -85,3 +85,9 @@ class SessionProgress:
             self.artifact_id = None
             return
         self.reported = fraction
+
+
+def report_progress(fraction: float) -> None:
+    """Send a flow's progress (0..1) to every terminal bar watching this process."""
+    for watcher in _watchers:
+        watcher(min(fraction, 1.0))

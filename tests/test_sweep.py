@@ -163,3 +163,37 @@ def test_sweep_flow_runs_every_combination_as_a_task_and_writes_the_report(
     expected = [r for c in plan.combinations for r in sweep.run_combination(c, plan.days)]
     got = {(r.params_hash, r.session_date): r.net for r in daily.itertuples()}
     assert got == {(r.params_hash, r.session_date): r.net for r in expected}
+
+
+def test_cli_refuses_a_bad_grid_before_prefect_starts(monkeypatch):
+    from tradeday import cli
+
+    def no_prefect(*_):
+        raise AssertionError("Prefect must not start for a refused sweep")
+
+    monkeypatch.setattr(cli, "_offline_prefect_defaults", no_prefect)
+    args = ["sweep", "--symbols", "AAPL", "--from", "2023-01-13", "--to", "2023-01-17"]
+    with pytest.raises(SystemExit, match=r"ma_crossover\(fast_window=0\): model.fast_window"):
+        cli.main(
+            [*args, "--models", "ma_crossover", "--grid", '{"ma_crossover": {"fast_window": [0]}}']
+        )
+    with pytest.raises(SystemExit, match="--grid is not JSON"):
+        cli.main([*args, "--grid", "{fast"])
+
+
+def test_report_sweep_prints_the_comparison_or_names_the_known_sweeps(tmp_path, capsys):
+    from tradeday import cli
+
+    path = tmp_path / "reports.duckdb"
+    plan = small_plan()
+    sweep_report.start_sweep(path, plan)
+    for combination in plan.combinations[:2]:
+        sweep_report.write_combination(
+            path, plan.sweep_id, sweep.run_combination(combination, plan.days)
+        )
+    assert cli.main(["report", "--sweep", plan.sweep_id, "--report-path", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "running, 2/4 combinations, 3 days" in out
+    assert out.count("| ma_crossover |") == 2 and out.count("**best**") == 1
+    with pytest.raises(SystemExit, match=r"no sweep 'nope'.*sweeps there: t3x2x2"):
+        cli.main(["report", "--sweep", "nope", "--report-path", str(path)])

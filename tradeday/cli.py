@@ -613,6 +613,104 @@ def serve(
     deployments.serve(limit=limit)
 
 
+def _days_option(value: str | None, flag: str) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a date YYYY-MM-DD", param_hint=flag) from None
+
+
+@app.command()
+def sweep(
+    symbols: Annotated[str, typer.Option(help="Comma-separated symbols, e.g. AAPL,MSFT.")],
+    from_: Annotated[
+        str | None,
+        typer.Option(
+            "--from", metavar="YYYY-MM-DD", help="First day of the range.", show_default=False
+        ),
+    ] = None,
+    to: Annotated[
+        str | None,
+        typer.Option(
+            "--to",
+            metavar="YYYY-MM-DD",
+            help="Last day of the range (inclusive).",
+            show_default=False,
+        ),
+    ] = None,
+    dates: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated days instead of --from/--to.", show_default=False),
+    ] = None,
+    models: Annotated[str, typer.Option(help="Comma-separated model names, or all.")] = "all",
+    grid: Annotated[
+        str | None,
+        typer.Option(
+            help='Per-model lists of values, JSON: \'{"ma_crossover": {"fast_window": [3, 5]}}\'.',
+            show_default=False,
+        ),
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Combinations run at once (processes).", min=1)] = 2,
+    report_path: ReportOpt = None,
+) -> None:
+    """Replay days × models × parameter grids as one Prefect flow and print the comparison."""
+    from tradeday import sweep as sweeps
+    from tradeday.config import ConfigError, SessionConfig
+
+    start, end = _days_option(from_, "'--from'"), _days_option(to, "'--to'")
+    days = [_days_option(d.strip(), "'--dates'") for d in dates.split(",")] if dates else None
+    if days and (start or end):
+        raise typer.BadParameter("give --dates or --from/--to, not both", param_hint="'--dates'")
+    if not days and not (start and end):
+        raise typer.BadParameter("give --from and --to, or --dates", param_hint="'--from'")
+    try:
+        grids = json.loads(grid) if grid else {}
+    except json.JSONDecodeError as exc:
+        sys.exit(
+            f'tradeday: --grid is not JSON ({exc}); e.g. --grid \'{{"ma_crossover": {{"fast_window": [3, 5]}}}}\''
+        )
+    symbol_list = [s for s in symbols.split(",") if s.strip()]
+    try:  # validate everything before Prefect starts
+        plan = sweeps.plan(
+            models_=models, symbols=symbol_list, start=start, end=end, dates=days, grids=grids
+        )
+    except (ConfigError, ValueError) as exc:
+        sys.exit(f"tradeday: {exc}")
+    path = report_path or SessionConfig.model_fields["report_path"].default
+    print(
+        f"tradeday sweep {plan.sweep_id}: {len(plan.combinations)} combinations × "
+        f"{len(plan.days)} days = {plan.sessions} sessions"
+    )
+    for closed in plan.closed:
+        print(f"  skipping {closed.day}: market closed ({closed.reason})")
+    _offline_prefect_defaults("WARNING")
+    from flows.sweep import sweep as sweep_flow
+    from tasks.ui import watch_progress
+    from tradeday.sweep_report import sweep_markdown
+
+    with _progress_bar("sweep") as advance, watch_progress(advance):
+        state = sweep_flow(
+            symbols=symbol_list,
+            models=models,
+            start=start,
+            end=end,
+            dates=days,
+            grid=grids,
+            report_path=path,
+            max_workers=workers,
+            sweep_id=plan.sweep_id,
+            return_state=True,
+        )
+    print(sweep_markdown(path, plan.sweep_id))
+    print(
+        f"again: tradeday report --sweep {plan.sweep_id}"
+        + (f" --report-path {path}" if report_path else "")
+    )
+    raise typer.Exit(0 if state.is_completed() else 1)
+
+
 @app.command()
 def automations() -> None:
     """Create (or replace) tradeday's automations on the Prefect server, as `tradeday serve` does.
@@ -646,6 +744,12 @@ def report(
         int | None,
         typer.Option(help="The last N session dates; default 5.", min=1, show_default=False),
     ] = None,
+    sweep: Annotated[
+        str | None,
+        typer.Option(
+            help="A sweep's comparison, by its id (tradeday sweep prints it).", show_default=False
+        ),
+    ] = None,
     report_path: ReportOpt = None,
 ) -> None:
     """Print the sessions in the DuckDB report and plot their equity (PNG next to the report)."""
@@ -655,6 +759,15 @@ def report(
     if date_ and last is not None:
         raise typer.BadParameter("give --date or --last, not both", param_hint="'--last'")
     path = report_path or SessionConfig.model_fields["report_path"].default
+    if sweep:
+        from tradeday.report import ReportError
+        from tradeday.sweep_report import sweep_markdown
+
+        try:
+            print(sweep_markdown(path, sweep))
+        except ReportError as exc:
+            sys.exit(f"tradeday: {exc}")
+        raise typer.Exit(0)
     raise typer.Exit(print_report(path, day=date_.date() if date_ else None, last=last or 5))
 
 

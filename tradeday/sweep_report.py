@@ -89,7 +89,10 @@ def read_sweep(path: str | Path, sweep_id: str) -> tuple[dict, pd.DataFrame]:
     try:
         row = con.execute("SELECT * FROM sweeps WHERE sweep_id = ?", [sweep_id]).df()
         if row.empty:
-            known = [r[0] for r in con.execute("SELECT sweep_id FROM sweeps ORDER BY created_at")]
+            known = [
+                r[0]
+                for r in con.execute("SELECT sweep_id FROM sweeps ORDER BY created_at").fetchall()
+            ]
             raise report.ReportError(
                 f"no sweep {sweep_id!r} in {path}; sweeps there: {', '.join(known) or 'none'}"
             )
