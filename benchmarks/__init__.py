@@ -6,5 +6,15 @@ assert: the shared machines are too noisy for timed tests. tests/test_benchmarks
 runs each one in a tiny mode so the scripts keep working.
 """
 
-ALL = ("hotpath", "throughput", "latency", "memory", "report_write", "startup", "cancel", "hub")
+ALL = (
+    "hotpath",
+    "throughput",
+    "latency",
+    "memory",
+    "report_write",
+    "startup",
+    "cancel",
+    "hub",
+    "sweep",
+)
 """Benchmark modules in the order ``python -m benchmarks`` runs them."""

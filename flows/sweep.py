@@ -104,7 +104,7 @@ def sweep(
                     sum(r.net for r in results),
                 )
         status = "completed"
-    except (TerminationSignal, KeyboardInterrupt):
+    except (TerminationSignal, KeyboardInterrupt, SystemExit):
         status = "cancelled"
         raise
     finally:
