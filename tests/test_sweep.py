@@ -197,3 +197,59 @@ def test_report_sweep_prints_the_comparison_or_names_the_known_sweeps(tmp_path, 
     assert out.count("| ma_crossover |") == 2 and out.count("**best**") == 1
     with pytest.raises(SystemExit, match=r"no sweep 'nope'.*sweeps there: t3x2x2"):
         cli.main(["report", "--sweep", "nope", "--report-path", str(path)])
+
+
+@pytest.mark.slow
+def test_a_sweep_cancelled_midway_keeps_whole_combinations_and_says_cancelled(
+    prefect_harness, tmp_path
+):
+    """SIGTERM is what Prefect sends a flow process it cancels (docs/architecture.md)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from prefect.settings import PREFECT_API_URL
+
+    path = tmp_path / "reports.duckdb"
+    log = tmp_path / "sweep.log"
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+        "PREFECT_LOGGING_LEVEL": "INFO",
+    }
+    windows = json.dumps({"ma_crossover": {"fast_window": list(range(1, 13))}})
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "tradeday.cli", "sweep", "--symbols", "AAPL,MSFT,NVDA,IBM"),
+            *("--from", "2023-01-03", "--to", "2023-01-30", "--models", "ma_crossover"),
+            *("--grid", windows, "--workers", "1", "--report-path", str(path)),
+        ],
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 400
+        while "1/12 done" not in log.read_text():
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the sweep never finished a combination"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    con = report.connect(path, read_only=True)
+    (sweep_id, status, done, total) = con.execute(
+        "SELECT sweep_id, status, done, combinations FROM sweeps"
+    ).fetchone()
+    per_set = con.execute("SELECT params_hash, count(*) FROM sweep_results GROUP BY ALL").fetchall()
+    con.close()
+    assert (status, total) == ("cancelled", 12), log.read_text()[-3000:]
+    assert 1 <= done < 12
+    assert len(per_set) == done
+    assert all(days == 19 for _, days in per_set)  # whole combinations only
+    assert f"cancelled, {done}/12 combinations" in sweep_report.sweep_markdown(path, sweep_id)
