@@ -253,3 +253,28 @@ def test_a_sweep_cancelled_midway_keeps_whole_combinations_and_says_cancelled(
     assert len(per_set) == done
     assert all(days == 19 for _, days in per_set)  # whole combinations only
     assert f"cancelled, {done}/12 combinations" in sweep_report.sweep_markdown(path, sweep_id)
+
+
+def test_a_model_that_holds_overnight_runs_its_days_in_order_like_run_days():
+    params = {"close_shares": 10, "max_overnight_position": 10}
+    plan = sweep.plan(
+        models_="buy_close_sell_open",
+        symbols=["AAPL"],
+        start=START,
+        end=END,
+        grids={"buy_close_sell_open": {k: [v] for k, v in params.items()}},
+        session={"close_buffer_minutes": 0},
+    )
+    (combination,) = plan.combinations
+    results = sweep.run_combination(combination, plan.days)
+    alone = backtest.run_days(
+        {"name": "buy_close_sell_open", **params}, START, END, ["AAPL"], close_buffer_minutes=0
+    )
+    assert [r.session_date for r in results] == [d.window.day for d in alone.days] == OPEN_DAYS
+    assert [r.fills for r in results] == [len(d.fills) for d in alone.days]
+    assert [r.end_position for r in results] == [10, 10, 10]
+    # the nets add up to the account's P&L over the run: nothing counted twice
+    last = alone.days[-1].book
+    assert sum(r.net for r in results) == pytest.approx(
+        sum(d.book.realized - d.book.fees for d in alone.days) + last.unrealized()
+    )

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 import models
+from models.base import overnight_allowance
 from tradeday import backtest, wiring
 from tradeday.calendar import MarketClosed, session_window, trading_days
 from tradeday.config import ConfigError, SessionConfig, parse_session_config
@@ -210,9 +211,39 @@ def check_data(combinations: Sequence[Combination], days: Sequence[SessionWindow
         raise ConfigError("invalid sweep:\n  " + "\n  ".join(errors))
 
 
-def run_day(combination: Combination, window: SessionWindow) -> DayResult:
-    """One combination on one day, on the backtest path."""
-    result = backtest.run_config(combination.config, window)
+def run_combination(combination: Combination, days: Sequence[SessionWindow]) -> list[DayResult]:
+    """A combination over its days, in date order.
+
+    An intraday model starts every session flat, so its days are independent. A model that
+    may hold overnight (``max_overnight_position``) trades its days as
+    :func:`tradeday.backtest.run_days` does: one simulated account, what it holds carried
+    into the next session; a day's net then starts from the previous day's marks, so the
+    nets add up to the whole run's P&L with no move counted twice.
+    """
+    overnight = overnight_allowance(combination.config.model) > 0
+    results: list[DayResult] = []
+    account = None
+    carried: dict[str, tuple[int, float, float]] = {}
+    for window in sorted(days, key=lambda w: w.day):
+        if overnight:
+            result = backtest.run_config(
+                combination.config, window, account=account, carried=carried
+            )
+        else:
+            result = backtest.run_config(combination.config, window)
+        opening = sum(qty * (mark - cost) for qty, cost, mark in carried.values())
+        results.append(_day_result(combination, window, result, opening))
+        if overnight:
+            account, carried = result.broker, result.carried
+    return results
+
+
+def _day_result(
+    combination: Combination,
+    window: SessionWindow,
+    result: backtest.BacktestResult,
+    opening: float,
+) -> DayResult:
     book = result.book
     return DayResult(
         model=combination.model,
@@ -224,15 +255,10 @@ def run_day(combination: Combination, window: SessionWindow) -> DayResult:
         trades=len(result.fills),
         realized=book.realized,
         fees=book.fees,
-        net=book.net(),
+        net=book.net() - opening,
         end_position=sum(abs(q) for q in book.open_positions().values()),
         stop_reason=result.stop_reason,
     )
-
-
-def run_combination(combination: Combination, days: Sequence[SessionWindow]) -> list[DayResult]:
-    """A combination over its days, in date order (each intraday session starts flat)."""
-    return [run_day(combination, window) for window in sorted(days, key=lambda w: w.day)]
 
 
 def results_frame(results: Sequence[DayResult]) -> pd.DataFrame:
