@@ -16,7 +16,7 @@ import pytest
 from benchmarks import ALL
 from benchmarks.common import Row
 
-SLOW = {"throughput", "latency", "memory", "startup", "cancel", "hub"}
+SLOW = {"throughput", "latency", "memory", "startup", "cancel", "hub", "sweep"}
 EXPECTED = {
     "hotpath": "decoder + engine per trade",
     "throughput": "full path / json baseline",
@@ -26,6 +26,7 @@ EXPECTED = {
     "startup": "flow call → first tick",
     "cancel": "cancel request → flat book",
     "hub": "hub receipt → session receipt",
+    "sweep": "flow, 2 workers",
 }
 
 
