@@ -191,11 +191,15 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
 
 
 @pytest.fixture(scope="session")
-def served(
-    prefect_server: PrefectServer, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[PrefectServer]:
+def serve_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the shared ``tradeday serve`` runs; its output is ``serve.log`` there."""
+    return tmp_path_factory.mktemp("serve")
+
+
+@pytest.fixture(scope="session")
+def served(prefect_server: PrefectServer, serve_dir: Path) -> Iterator[PrefectServer]:
     """The deployments of prefect.yaml served by ``tradeday serve`` on ``prefect_server``."""
-    with run_tradeday_serve(prefect_server, tmp_path_factory.mktemp("serve")):
+    with run_tradeday_serve(prefect_server, serve_dir):
         yield prefect_server
 
 

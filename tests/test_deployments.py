@@ -111,6 +111,34 @@ def test_holiday_run_completes_with_market_closed(served: PrefectServer):
 
 
 @pytest.mark.slow
+def test_a_served_replay_prints_no_error_and_no_traceback(
+    served: PrefectServer, serve_dir: Path, open_fixture, session_paths
+):
+    """Quiet success under serve, as for the demo and `tradeday run` (tests/test_quiet_output.py):
+    the run's own lines in serve's output hold no "Error" and no traceback."""
+    log = serve_dir / "serve.log"
+    config = {
+        "model": {"name": "volume_modulo"},
+        "symbols": ["ES"],
+        "feed": {"recording": str(open_fixture)},
+        **session_paths,
+    }
+    with served.api() as api:
+        start = log.stat().st_size
+        created = api.post(
+            f"/deployments/{deployment(api, 'replay-day')['id']}/create_flow_run",
+            json={"parameters": {"config": config, "session_date": "2013-09-03"}},
+        )
+        assert created.status_code == 201, created.text
+        run = wait_final(api, created.json()["id"])
+    assert run["state_type"] == "COMPLETED", run["state"]
+    out = log.read_bytes()[start:].decode(errors="replace")
+    assert f"Flow run '{run['name']}'" in out  # the run's own lines were read
+    assert "Error" not in out, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("model", "field", "reason"),
     [
