@@ -1,8 +1,9 @@
 """Run trading sessions, list models and market days, replay and record data, serve deployments.
 
-Every command and option says what it does and its default (``tradeday COMMAND --help``).
-Heavy imports (Prefect, the engine) happen inside the commands, so help does not wait for them.
+Every command and option says what it does and its default: tradeday COMMAND --help.
 """
+
+# Heavy imports (Prefect, the engine) happen inside the commands, so help does not wait for them.
 
 from __future__ import annotations
 
