@@ -27,7 +27,7 @@ from tradeday.events import Side
 from tradeday.events import TimeInForce as Tif
 
 # Distinctive so that a leak anywhere in logs, reprs or errors is found by substring.
-KEY = "PKLEAKCHECK7Q2ZZ"
+KEY = "fake-key-leakcheck-7q2zz"
 SECRET = "sEcReT-must-never-appear-91x"
 POLL = 0.02
 

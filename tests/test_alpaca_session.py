@@ -22,7 +22,7 @@ from tradeday.ledger import Ledger
 from tradeday.wiring import Credentials, account_of
 
 DAY = date(2013, 9, 3)
-KEY, SECRET = "PKSESSIONTEST01", "session-test-secret"
+KEY, SECRET = "fake-key-session-01", "session-test-secret"
 PRICE = 1646.5
 FIXTURE = (
     Path(__file__).resolve().parent / "fixtures" / "es-2013-09-03-open.parquet"

@@ -75,9 +75,9 @@ def test_cli_refuses_negative_quantity(tmp_path):
 def test_credentials_never_show_in_repr_or_str():
     from tradeday.session import Credentials
 
-    creds = Credentials("PKEXAMPLEKEYID123456", "secret-example-value-0123456789")
+    creds = Credentials("fake-key-example-123456", "secret-example-value-0123456789")
     for text in (repr(creds), str(creds), f"{creds}", repr([creds])):
-        assert "PKEX" not in text and "secret" not in text
+        assert "fake-key" not in text and "secret" not in text
 
 
 def test_cli_refuses_an_old_name_of_flat_minutes_naming_the_new_one(tmp_path):

@@ -34,7 +34,7 @@ from tradeday.replay.server import Faults, ReplayServer
 from tradeday.replay.wire import Format, messages
 
 SECRET = "local-hub-secret"
-ALPACA_KEY, ALPACA_SECRET = "AKHUBTESTKEY0001", "sk-hub-test-secret-0001"
+ALPACA_KEY, ALPACA_SECRET = "fake-key-hub-0001", "sk-hub-test-secret-0001"
 TRADES = recording.load(OPEN_FIXTURE)  # 5,000 real ES trades
 BARS = recording.load(recording.bundled(date(2023, 1, 3))).slice(0, 2_000)
 """Real minute bars of AAPL, IBM, MSFT and NVDA, 500 each, after the trades on the tape."""

@@ -40,7 +40,7 @@ from tradeday.records import (
 from tradeday.recovery import recover
 from tradeday.wiring import Credentials, account_of
 
-KEY, SECRET = "PKRECOVERYTEST1", "recovery-test-secret"
+KEY, SECRET = "fake-key-recovery-1", "recovery-test-secret"
 RUN = "td-20130903-deadbeef"
 TS = 1_378_215_000_000_000_000  # 2013-09-03 13:30 UTC, the crashed replay's tick time
 
