@@ -18,7 +18,7 @@ from datetime import date, datetime, time, timedelta
 from enum import StrEnum
 from pathlib import Path
 from time import time_ns
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -36,6 +36,11 @@ app = typer.Typer(
 )
 
 DAY = ["%Y-%m-%d"]
+
+
+def day_option(flag: str, help: str) -> Any:
+    """A YYYY-MM-DD date option, no default shown: every date option's one definition."""
+    return typer.Option(flag, formats=DAY, metavar="YYYY-MM-DD", help=help, show_default=False)
 
 
 class DataFeed(StrEnum):
@@ -182,12 +187,8 @@ def _use_running_prefect_server(api: str = "http://127.0.0.1:4200/api") -> None:
 def demo(
     date_: Annotated[
         datetime | None,
-        typer.Option(
-            "--date",
-            formats=DAY,
-            metavar="YYYY-MM-DD",
-            help=f"Recorded day to replay YYYY-MM-DD; default {DEMO_DATE} (ES futures).",
-            show_default=False,
+        day_option(
+            "--date", help=f"Recorded day to replay YYYY-MM-DD; default {DEMO_DATE} (ES futures)."
         ),
     ] = None,
     model: ModelOpt = None,
@@ -277,12 +278,8 @@ their reports):
 def run(
     date_: Annotated[
         datetime | None,
-        typer.Option(
-            "--date",
-            formats=DAY,
-            metavar="YYYY-MM-DD",
-            help="Session date YYYY-MM-DD (America/New_York); default today in New York.",
-            show_default=False,
+        day_option(
+            "--date", help="Session date YYYY-MM-DD (America/New_York); default today in New York."
         ),
     ] = None,
     model: ModelOpt = None,
@@ -365,22 +362,11 @@ def models() -> None:
 def calendar_(
     from_: Annotated[
         datetime | None,
-        typer.Option(
-            "--from",
-            formats=DAY,
-            metavar="YYYY-MM-DD",
-            help="First day YYYY-MM-DD; default today in New York.",
-            show_default=False,
-        ),
+        day_option("--from", help="First day YYYY-MM-DD; default today in New York."),
     ] = None,
     to: Annotated[
         datetime | None,
-        typer.Option(
-            formats=DAY,
-            metavar="YYYY-MM-DD",
-            help="Last day YYYY-MM-DD; default two weeks on.",
-            show_default=False,
-        ),
+        day_option("--to", help="Last day YYYY-MM-DD; default two weeks on."),
     ] = None,
 ) -> None:
     """NYSE sessions in New York time and UTC, holidays by name, early closes."""
@@ -418,13 +404,7 @@ def replay_server(
     ] = None,
     date_: Annotated[
         datetime | None,
-        typer.Option(
-            "--date",
-            formats=DAY,
-            metavar="YYYY-MM-DD",
-            help="With --start: the recording's day to start on YYYY-MM-DD.",
-            show_default=False,
-        ),
+        day_option("--date", help="With --start: the recording's day to start on YYYY-MM-DD."),
     ] = None,
     start: Annotated[
         str | None,
@@ -733,13 +713,7 @@ def automations() -> None:
 def report(
     date_: Annotated[
         datetime | None,
-        typer.Option(
-            "--date",
-            formats=DAY,
-            metavar="YYYY-MM-DD",
-            help="The sessions of one date YYYY-MM-DD (instead of --last).",
-            show_default=False,
-        ),
+        day_option("--date", help="The sessions of one date YYYY-MM-DD (instead of --last)."),
     ] = None,
     last: Annotated[
         int | None,
