@@ -10,7 +10,7 @@ from datetime import date
 from prefect import flow, get_run_logger
 from prefect.exceptions import TerminationSignal
 from prefect.runtime import deployment, flow_run
-from prefect.states import Completed
+from prefect.states import Completed, Failed, State
 
 from tasks.calendar import market_window
 from tasks.credentials import alpaca_credentials
@@ -25,6 +25,27 @@ from tradeday.config import SessionConfig
 from tradeday.report_delivery import check_writable
 from tradeday.session import TradingSession
 from tradeday.wiring import needs_credentials
+
+
+class SessionFailed(Exception):
+    """A session that ended "failed" after trading (not flat, an owned account left open):
+    the flow run's Failed state carries it, so a Python caller of the flow gets this error
+    and a caller with ``return_state=True`` still finds the session's figures in ``result``."""
+
+    def __init__(self, message: str, result: dict) -> None:
+        super().__init__(message)
+        self.result = result
+
+    def __reduce__(self) -> tuple[type["SessionFailed"], tuple[str, dict]]:
+        return SessionFailed, (str(self), self.result)  # results may be persisted (pickled)
+
+
+def session_result(state: State) -> dict | None:
+    """The figures a finished session returned, whether its run Completed or Failed."""
+    data = state.result(raise_on_failure=False)
+    if isinstance(data, SessionFailed):
+        return data.result
+    return data if isinstance(data, dict) else None
 
 
 def _run_name() -> str:
@@ -86,4 +107,7 @@ def trading_session(config: SessionConfig = SessionConfig(), session_date: date 
         "report_path": str(delivery.path.resolve()),
         "report": delivery.message(),
     }
-    return Completed(message=f"{result.message}; {delivery.message()}", data=data)
+    message = f"{result.message}; {delivery.message()}"
+    if result.status == "failed":  # traded, then could not end clean: not a success
+        return Failed(message=message, data=SessionFailed(message, data))
+    return Completed(message=message, data=data)

@@ -198,6 +198,9 @@ class AlpacaTestServer:
         self.allow_short = allow_short
         self.is_open = is_open
         self.latency = 0.0
+        self.halt_after_orders: int | None = None
+        """Accept this many orders, then refuse every new one with 403, as a venue refuses
+        orders in a halted asset: what leaves a session unable to flatten."""
         """Seconds added before each answer, to show that callers do not block on HTTP."""
         self.requests: deque[tuple[str, str]] = deque(maxlen=100_000)
         """(method, path) of the requests received (the latest 100 000), to assert traffic."""
@@ -383,6 +386,8 @@ class AlpacaTestServer:
         client_order_id = payload.get("client_order_id") or str(uuid.uuid4())
         if not symbol:
             raise _ApiError(422, _CODE_UNPROCESSABLE, "symbol is required")
+        if self.halt_after_orders is not None and len(self._book.orders) >= self.halt_after_orders:
+            raise _ApiError(403, _CODE_FORBIDDEN, f"asset {symbol} is halted")
         if side not in ("buy", "sell"):
             raise _ApiError(422, _CODE_UNPROCESSABLE, f"invalid side {side!r}")
         if order_type not in ("market", "limit"):

@@ -13,8 +13,16 @@ import pytest
 from alpaca.trading.client import TradingClient
 from alpaca.trading.enums import OrderSide, TimeInForce
 from alpaca.trading.requests import MarketOrderRequest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterKey,
+    FlowRunFilter,
+    FlowRunFilterId,
+)
+from prefect.client.schemas.objects import StateType
 
-from flows.session import trading_session
+from flows.session import SessionFailed, session_result, trading_session
 from tests.alpaca_server import AlpacaTestServer
 from tradeday import recording
 from tradeday.config import parse_session_config
@@ -90,8 +98,12 @@ def test_session_trades_through_alpaca_and_flattens_only_its_own_positions(
     keys, server, session_paths
 ):
     buy_foreign(server, 7)
-    result = trading_session(config=config(server, FIXTURE, session_paths), session_date=DAY)
+    state = trading_session(
+        config=config(server, FIXTURE, session_paths), session_date=DAY, return_state=True
+    )
+    result = state.result()
 
+    assert state.is_completed(), state  # flat: the flow run stays Completed
     assert (result["status"], result["final_positions"]) == ("completed", {})
     run_id = result["run_id"]
     sides = model_sides(FIXTURE)
@@ -120,6 +132,43 @@ def test_session_trades_through_alpaca_and_flattens_only_its_own_positions(
     assert sum(f.qty if f.side == "buy" else -f.qty for f in fills) == 0
     cfg = config(server, FIXTURE, session_paths)
     assert (run.broker, run.account) == ("alpaca", account_of(cfg, Credentials(KEY, SECRET)))
+
+
+def test_a_session_that_cannot_flatten_ends_its_flow_run_failed(keys, server, session_paths):
+    """The venue refuses the flatten (a halt after the model's orders): NOT FLAT is a
+    Failed flow run whose message says why, and the summary is published all the same."""
+    sides = model_sides(FIXTURE)
+    server.halt_after_orders = len(sides)
+    state = trading_session(
+        config=config(server, FIXTURE, session_paths), session_date=DAY, return_state=True
+    )
+    left = {"ES": sum(5 if s == "buy" else -5 for s in sides)}
+    result = session_result(state)
+    assert result is not None and (result["status"], result["final_positions"]) == (
+        "failed",
+        left,
+    )
+    reason = f"NOT FLAT after 10 s: {left}"
+    assert state.is_failed() and reason in state.message, state
+    with pytest.raises(SessionFailed, match="NOT FLAT"):
+        state.result()  # what a plain Python call of the flow raises
+    assert server.positions == left
+    assert [o["side"] for o in server.orders] == sides  # the flatten never reached the book
+
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(state.state_details.flow_run_id)
+        summaries = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["session-summary"])),
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])),
+        )
+    assert flow_run.state is not None and flow_run.state.type is StateType.FAILED
+    assert flow_run.state.message == state.message
+    (summary,) = summaries
+    assert "| Status | failed |" in str(summary.data), summary.data
+    with Ledger(session_paths["ledger_url"]) as ledger:
+        run = ledger.run(result["run_id"])
+    assert run is not None and (run.status, run.message) == ("failed", result["message"])
+    assert reason in run.message
 
 
 def test_a_session_that_owns_the_account_closes_everything_in_it(keys, server, session_paths):

@@ -51,7 +51,9 @@ def test_live_view_and_events_of_a_kill_switch_session(open_fixture, session_pat
             **session_paths,
         }
     )
-    result = trading_session(config=config, session_date=DAY)
+    state = trading_session(config=config, session_date=DAY, return_state=True)
+    assert state.is_completed(), state  # the kill switch flattened: a clean, Completed run
+    result = state.result()
     run_id = result["run_id"]
     by_limit = result["counters"]["risk_rejections_by_limit"]
     assert by_limit["max_daily_loss"] == 1 and by_limit["max_position"] > 0, by_limit

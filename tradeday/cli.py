@@ -234,7 +234,7 @@ def demo(
         sys.exit(
             f"tradeday: --date {day} is not in {session.feed.recording} (it holds {days or 'nothing'})"
         )
-    from flows.session import trading_session
+    from flows.session import session_result, trading_session
     from tasks.ui import watch_progress
 
     print(
@@ -242,9 +242,11 @@ def demo(
     )
     with _progress_bar("session") as advance, watch_progress(advance):
         state = trading_session(config=session, session_date=day, return_state=True)
-    result = state.result(raise_on_failure=False)
-    if not isinstance(result, dict) or "run_id" not in result:
-        print(f"session ended: {state.name}: {state.message or result}")
+    result = session_result(state)
+    if result is None or "run_id" not in result:
+        print(
+            f"session ended: {state.name}: {state.message or state.result(raise_on_failure=False)}"
+        )
         raise typer.Exit(0 if state.is_completed() else 1)
     flat = "flat" if not result["final_positions"] else result["final_positions"]
     position = 0 if not result["final_positions"] else sum(result["final_positions"].values())
@@ -308,7 +310,7 @@ def run(
         ledger_url=ledger_url,
         report_path=report_path,
     )
-    from flows.session import trading_session
+    from flows.session import session_result, trading_session
 
     day = date_.date() if date_ else None
     started_ns = time_ns()
@@ -319,8 +321,8 @@ def run(
         prefect_ok = False
     else:
         print(f"{state.name}: {state.message or ''}")
-        result = state.result(raise_on_failure=False)
-        if isinstance(result, dict):
+        result = session_result(state)
+        if result is not None:
             print(json.dumps(result, indent=2, default=str))
         prefect_ok = state.is_completed()
     traded = _ledger_status(session.ledger_url, started_ns)
