@@ -65,6 +65,20 @@ def flatten_on_crash(flatten_now_id: UUID) -> AutomationCore:
     )
 
 
+def _label(name: str) -> str:
+    """A resource label in a notification; "-" where the event has none (an account's)."""
+    return f"{{{{ event.resource['tradeday.{name}'] | default('-') }}}}"
+
+
+# every alert event carries a "reason": the kill switch's, the session's end, the error
+ALERT_BODY = (
+    f"{{{{ event.event }}}}: deployment {_label('deployment')}, model {_label('model')}, "
+    f"account {_label('account')}, run "
+    "{{ event.resource['prefect.resource.name'] | default('-') }}. "
+    "Reason: {{ event.payload.reason }}"
+)
+
+
 def alerts(block_id: UUID) -> list[AutomationCore]:
     alert = AutomationCore(
         name=ALERT,
@@ -79,12 +93,8 @@ def alerts(block_id: UUID) -> list[AutomationCore]:
         actions=[
             SendNotification(
                 block_document_id=block_id,
-                subject="tradeday: {{ event.event }} {{ event.resource.id }}",
-                body=(
-                    "{{ event.event }} on account {{ event.resource['tradeday.account'] }}, "
-                    "model {{ event.resource['tradeday.model'] }}, deployment "
-                    "{{ event.resource['tradeday.deployment'] }}: {{ event.payload }}"
-                ),
+                subject=f"{{{{ event.event }}}}: {_label('deployment')} {_label('model')}",
+                body=ALERT_BODY,
             )
         ],
     )

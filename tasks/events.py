@@ -89,6 +89,8 @@ class SessionEvents:
                 and "NOT FLAT" not in session.message
                 and "still has" not in session.message
             )
+            if not flat:  # what the notification quotes, as for the other alerts
+                payload["reason"] = session.message
             emit(FLAT if flat else NOT_FLAT, res, payload)
 
     def _rejections(self, res: dict[str, str], by_limit: dict[str, int]) -> None:

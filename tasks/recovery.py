@@ -47,7 +47,11 @@ def recover_crashed_runs(
             try:
                 done = recover(ledger, broker, account, by=by)
             except Exception as exc:
-                emit(RECOVERY_FAILED, account_resource(account), {"by": by, "error": repr(exc)})
+                emit(
+                    RECOVERY_FAILED,
+                    account_resource(account),
+                    {"by": by, "reason": f"{type(exc).__name__}: {exc}"},
+                )
                 raise
             for rec in done:
                 logger.warning(

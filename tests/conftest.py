@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from base64 import b64encode
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -109,8 +110,15 @@ class PrefectServer:
         return self.api_url.removesuffix("/api")
 
     def api(self) -> httpx.Client:
-        """Plain REST calls, as the UI makes them: independent of in-process Prefect settings."""
-        return httpx.Client(base_url=self.api_url, timeout=30.0, transport=RetryOn503())
+        """Plain REST calls, as the UI makes them: independent of in-process Prefect settings.
+
+        With ``PREFECT_API_AUTH_STRING`` in the server's env, they carry it as Prefect's
+        clients do (HTTP Basic, the whole ``user:password`` string base64-encoded)."""
+        auth = self.env.get("PREFECT_API_AUTH_STRING")
+        headers = {"Authorization": f"Basic {b64encode(auth.encode()).decode()}"} if auth else {}
+        return httpx.Client(
+            base_url=self.api_url, headers=headers, timeout=30.0, transport=RetryOn503()
+        )
 
 
 def _healthy(api_url: str) -> bool:
@@ -145,7 +153,7 @@ def run_prefect_server(home: Path, port: int | None = None, **env: str) -> Itera
         stderr=subprocess.STDOUT,
     )
     try:
-        wait_until(lambda: proc.poll() is not None or _healthy(api_url), 180, "prefect server")
+        wait_until(lambda: proc.poll() is not None or _healthy(api_url), 400, "prefect server")
         assert proc.poll() is None, log.read_text()[-3000:]
         server = PrefectServer(api_url, full_env, home, time.monotonic() - t0)
         print(f"\nprefect server {api_url} up in {server.startup_s:.1f} s")

@@ -189,6 +189,17 @@ def test_systemd_units_verify(tmp_path):
         stop = re.search(r"^TimeoutStopSec=(\d+)$", text, re.M)
         assert stop and int(stop[1]) >= 45, f"{unit.name}: TimeoutStopSec >= 45 s"
         assert not re.search(r"^KillMode=(process|none)$", text, re.M), unit.name
+    # the API takes no request without the auth string, and only loopback hears it
+    server = (ROOT / "deployments" / "systemd" / "tradeday-prefect-server.service").read_text()
+    assert "--host 127.0.0.1" in server
+    assert "EnvironmentFile=/etc/tradeday/prefect-server.env" in server  # required, no "-"
+    assert 'test -n "$$PREFECT_SERVER_API_AUTH_STRING"' in server
+    examples = ROOT / "deployments" / "systemd"
+    assert (
+        "\nPREFECT_SERVER_API_AUTH_STRING=\n"
+        in (examples / "prefect-server.env.example").read_text()
+    )
+    assert "\nPREFECT_API_AUTH_STRING=\n" in (examples / "tradeday.env.example").read_text()
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze not installed: only the static checks ran")
     # /opt/tradeday is where operations.md installs tradeday: point it at this checkout

@@ -1,16 +1,21 @@
 """Scale-out on one machine, as docs/scaling.md does it on many: a Prefect server on
 PostgreSQL, the prefect.yaml deployments on a process work pool, two ``prefect worker``
 processes running three sessions with different models at once against a PostgreSQL
-ledger, then one ``end-of-day-report`` run consolidating them into DuckDB."""
+ledger, then one ``end-of-day-report`` run consolidating them into DuckDB. The server
+requires Prefect's API authentication, as the recipe sets it up: a request without the
+auth string is refused, and everything the recipe runs carries it."""
 
 from __future__ import annotations
 
 import re
+import secrets
 import subprocess
 import time
+from base64 import b64encode
 from pathlib import Path
 
 import duckdb
+import httpx
 import psycopg
 import pytest
 from conftest import BIN, ROOT, PrefectServer, stop_process, wait_until
@@ -48,6 +53,19 @@ def _prefect(server: PrefectServer, *args: str, cwd: Path = ROOT) -> str:
     return done.stdout
 
 
+def _refused_without_the_auth_string(api_url: str, auth: str) -> None:
+    """No header, a wrong password, or the password alone: 401 Unauthorized. The health
+    probe stays open (Prefect exempts it, for load balancers)."""
+    url = f"{api_url}/work_pools/filter"
+    user, password = auth.split(":", 1)
+    for wrong in (None, f"{user}:wrong", password):
+        headers = {"Authorization": f"Basic {b64encode(wrong.encode()).decode()}"} if wrong else {}
+        refused = httpx.post(url, json={}, headers=headers, timeout=30.0)
+        assert refused.status_code == 401, (wrong and wrong.split(":")[0], refused.text)
+    assert httpx.post(url, json={}, auth=(user, password), timeout=30.0).status_code == 200
+    assert httpx.get(f"{api_url}/health", timeout=30.0).status_code == 200
+
+
 def _run_all(api, deployment_id: str, parameters: list[dict], timeout: float) -> list[dict]:
     ids = []
     for params in parameters:
@@ -71,9 +89,14 @@ def test_three_sessions_on_two_workers_then_one_report(
     ledger_url = urls["ledger"]
     server_db = urls["prefect"].replace("postgresql+psycopg://", "postgresql+asyncpg://")
     t_start = time.monotonic()
+    auth = f"tradeday:{secrets.token_urlsafe(18)}"
     with start_prefect_server(
-        tmp_path / "prefect", PREFECT_SERVER_DATABASE_CONNECTION_URL=server_db
+        tmp_path / "prefect",
+        PREFECT_SERVER_DATABASE_CONNECTION_URL=server_db,
+        PREFECT_SERVER_API_AUTH_STRING=auth,  # the server's side
+        PREFECT_API_AUTH_STRING=auth,  # every client's: the CLI, workers, flow runs
     ) as server:
+        _refused_without_the_auth_string(server.api_url, auth)
         _prefect(server, "work-pool", "create", POOL, "--type", "process")
         _prefect(server, "deploy", "--name", "replay-day", "--name", "end-of-day-report")
         home = tmp_path / "worker-home"  # each worker machine's TRADEDAY_HOME
@@ -83,7 +106,9 @@ def test_three_sessions_on_two_workers_then_one_report(
             for i in (1, 2):
                 log = tmp_path / f"worker-{i}.log"
                 env = {
-                    **server.env,
+                    **{
+                        k: v for k, v in server.env.items() if k != "PREFECT_SERVER_API_AUTH_STRING"
+                    },
                     "TRADEDAY_HOME": str(home),
                     "PREFECT_WORKER_QUERY_SECONDS": "1",
                 }
@@ -152,6 +177,7 @@ def test_three_sessions_on_two_workers_then_one_report(
             log.stem: len(set(re.findall(r"flow run '([0-9a-f-]{36})'", log.read_text())))
             for log, _ in workers
         }
+        logs = [log.read_text() for log, _ in workers]
     total_s = time.monotonic() - t_start
 
     assert [r["state_type"] for r in runs] == ["COMPLETED"] * 3, [r["state"] for r in runs]
@@ -169,6 +195,7 @@ def test_three_sessions_on_two_workers_then_one_report(
         f"{by_worker}, at most {overlapping} at once); whole test {total_s:.1f} s"
     )
     assert len(rows) == 3 and not open_positions
+    assert not [text for text in logs if auth.split(":", 1)[1] in text]  # never logged
     assert overlapping >= 2  # the workers really ran sessions at the same time
 
     con = duckdb.connect(str(consolidated), read_only=True)
