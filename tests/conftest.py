@@ -32,7 +32,7 @@ def prefect_harness() -> Iterator[None]:
     """A real Prefect API (temporary server on a temp database), shared by the whole run."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    with prefect_test_harness(server_startup_timeout=300):
         yield
 
 

@@ -82,6 +82,9 @@ def _run_all(api, deployment_id: str, parameters: list[dict], timeout: float) ->
     return wait_until(finished, timeout, f"{len(ids)} flow runs on the work pool", interval=1.0)
 
 
+@pytest.mark.timeout(
+    1500
+)  # a PostgreSQL cluster, a server, a deploy, two workers: slow on a loaded machine
 def test_three_sessions_on_two_workers_then_one_report(
     start_prefect_server, postgres_url, open_fixture, tmp_path: Path
 ):
