@@ -31,7 +31,8 @@ from deployments.automations import (
 )
 from tradeday.ledger import Ledger
 
-pytestmark = pytest.mark.slow
+# the shared server and serve start inside the first test's bound: generous, for a loaded machine
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 DAY = "2013-09-03"
 FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 SAVE_BLOCK = """
