@@ -184,7 +184,7 @@ def run_tradeday_serve(server: PrefectServer, cwd: Path) -> Iterator[subprocess.
         return "Your deployments are being served" in log.read_text()
 
     try:
-        wait_until(ready, 180, "tradeday serve")
+        wait_until(ready, 400, "tradeday serve")
         print(f"\ntradeday serve up in {time.monotonic() - t0:.1f} s")
         yield proc
     finally:
