@@ -207,6 +207,9 @@ class AlpacaTestServer:
         self.fill_mode: FillMode = fill_mode
         self.allow_short = allow_short
         self.is_open = is_open
+        self.trade_updates_outage: tuple[int, int] | None = None
+        """(first, last): the stream is cut as the first-th order arrives and accepts
+        connections again from the last-th on, to cut it mid-session at a known point."""
         self.latency = 0.0
         """Seconds added before each answer, to show that callers do not block on HTTP."""
         self.requests: deque[tuple[str, str]] = deque(maxlen=100_000)
@@ -461,6 +464,12 @@ class AlpacaTestServer:
         self._book.orders[order.id] = order
         self._book.by_client_id[client_order_id] = order
         answer = order.to_json()
+        if self.trade_updates_outage is not None:
+            first, last = self.trade_updates_outage
+            if len(self._book.orders) == first:
+                self._stream.cut(refuse=True)
+            elif len(self._book.orders) == last:
+                self._stream.refusing = False
         self._stream.publish("new", order)
         self._auto_fill(order, price)
         return order, answer

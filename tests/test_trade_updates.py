@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from alpaca.trading.client import TradingClient
@@ -20,6 +22,10 @@ from websockets.sync.client import connect
 
 from tests.alpaca_server import AlpacaTestServer
 from tests.conftest import wait_until
+from tradeday.brokers.alpaca import AlpacaPaperBroker
+from tradeday.brokers.base import BrokerOrder, ExecType, Execution
+from tradeday.brokers.trade_updates import StreamEndpoint
+from tradeday.events import Side
 
 KEY = "fake-key-tradeupdates-3k9"
 SECRET = "fake-secret-tradeupdates-8m1"
@@ -124,3 +130,139 @@ def test_stream_speaks_binary_json_and_refuses_wrong_keys(server: AlpacaTestServ
         ws.send(json.dumps({"action": "listen", "data": {"streams": ["account_updates"]}}))
         assert json.loads(ws.recv(timeout=10)) == {"stream": "listening", "data": {"streams": []}}
     assert server.trade_update_listeners == 0
+
+
+# -- the broker ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def brokers() -> Iterator[Callable[..., AlpacaPaperBroker]]:
+    made: list[AlpacaPaperBroker] = []
+
+    def make(server: AlpacaTestServer, **kwargs: Any) -> AlpacaPaperBroker:
+        endpoint = StreamEndpoint(server.stream_url, KEY, SECRET)
+        options: dict[str, Any] = {"poll_interval": 0.05, "backoff": 0.01, "max_backoff": 0.2}
+        broker = AlpacaPaperBroker(
+            KEY, SECRET, base_url=server.url, trade_updates=endpoint, **(options | kwargs)
+        )
+        made.append(broker)
+        broker.start()
+        wait_until(lambda: broker.streaming, 30, "the broker's stream listening", 0.02)
+        return broker
+
+    yield make
+    for broker in made:
+        broker.close()
+
+
+def order(cid: str, side: Side, qty: int) -> BrokerOrder:
+    return BrokerOrder(client_order_id=cid, symbol="SPY", side=side, qty=qty, ts=0)
+
+
+def take(broker: AlpacaPaperBroker, count: int, timeout: float = 30.0) -> list[Execution]:
+    got: list[Execution] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < count:
+        assert time.monotonic() < deadline, f"timed out with {got}"
+        while broker.executions:
+            got.append(broker.executions.popleft())
+        time.sleep(0.01)
+    return got
+
+
+def kinds(executions: list[Execution]) -> list[tuple[str, str, int, float]]:
+    return [(e.client_order_id, e.kind.value, e.qty, e.price) for e in executions]
+
+
+def test_fills_come_from_the_stream_with_no_polling(server: AlpacaTestServer, brokers) -> None:
+    """With the stream listening and reconciliation an hour away, every fill and the cancel
+    arrive through trade_updates, at the fill's own price; no GET of orders is sent.
+    Another program's order on the same account is ignored."""
+    broker = brokers(server, reconcile_interval=3600.0)
+    broker.submit(order("r1-1", Side.BUY, 10))
+    assert kinds(take(broker, 1)) == [("r1-1", "accepted", 0, 0.0)]
+    server.fill("r1-1", qty=4, price=101.5)
+    server.fill("r1-1", price=102.25)
+    got = take(broker, 2)
+    broker.submit(order("r1-2", Side.BUY, 3))
+    TradingClient(KEY, SECRET, url_override=server.url).submit_order(
+        MarketOrderRequest(
+            symbol="SPY", qty=1, side="buy", time_in_force="day", client_order_id="other-1"
+        )
+    )
+    server.fill("other-1")
+    got += take(broker, 1)
+    server.cancel("r1-2")
+    got += take(broker, 1)
+    time.sleep(0.5)  # anything more (a duplicate, the other program's fill) would be here now
+    got += list(broker.executions)
+    assert kinds(got) == [
+        ("r1-1", "partial_fill", 4, 101.5),
+        ("r1-1", "fill", 6, 102.25),
+        ("r1-2", "accepted", 0, 0.0),
+        ("r1-2", "canceled", 0, 0.0),
+    ]
+    assert (broker.stats.fills_from_stream, broker.stats.fills_from_poll) == (2, 0)
+    assert broker.stats.polls == 0
+    assert not [r for r in server.requests if r == ("GET", "/v2/orders")]
+
+
+def test_stream_and_polling_together_apply_each_fill_once(
+    server: AlpacaTestServer, brokers
+) -> None:
+    """Reconciling every 20 ms while the stream also reports: both paths see every fill;
+    each share is reported once (the executions add up to the server's fills exactly)."""
+    broker = brokers(server, reconcile_interval=0.02)
+    cids = [f"r2-{n}" for n in range(1, 21)]
+    for cid in cids:
+        broker.submit(order(cid, Side.BUY, 10))
+    take(broker, len(cids))
+    for n, cid in enumerate(cids):
+        server.fill(cid, qty=3, price=100 + n)
+        server.fill(cid, qty=3, price=100.5 + n)
+        server.fill(cid, price=101 + n)
+    wait_until(lambda: broker.stats.stale_events > 0, 30, "a fill seen by both paths", 0.02)
+    wait_until(lambda: not broker._working, 30, "every order filled", 0.02)
+    got = list(broker.executions)
+    fills = [e for e in got if e.kind in (ExecType.FILL, ExecType.PARTIAL_FILL)]
+    for order_json in server.orders:
+        mine = [e for e in fills if e.client_order_id == order_json["client_order_id"]]
+        assert sum(e.qty for e in mine) == 10
+        assert sum(e.qty * e.price for e in mine) == pytest.approx(
+            10 * float(order_json["filled_avg_price"]), abs=1e-6
+        )
+        assert [e.kind for e in mine][-1] is ExecType.FILL
+    s = broker.stats
+    assert s.fills_from_stream + s.fills_from_poll == len(fills)
+    assert s.fills_from_stream > 0 and s.polls > 0
+
+
+def test_a_cut_stream_falls_back_to_polling_and_reconciles_when_back(
+    server: AlpacaTestServer, brokers
+) -> None:
+    """The stream is cut (and refused) with an order working: its fill arrives by polling.
+    Back, the stream carries fills again; no fill is reported twice."""
+    broker = brokers(server, reconcile_interval=3600.0)
+    broker.submit(order("r3-1", Side.BUY, 5))
+    take(broker, 1)
+    server.fill("r3-1", price=50.0)
+    take(broker, 1)
+    assert broker.stats.fills_from_stream == 1
+    server.cut_trade_updates(refuse=True)
+    wait_until(lambda: not broker.streaming, 30, "the broker to see the cut", 0.02)
+    broker.submit(order("r3-2", Side.SELL, 5))
+    take(broker, 1)
+    server.fill("r3-2", price=51.0)
+    polled = take(broker, 1)
+    assert kinds(polled) == [("r3-2", "fill", 5, 51.0)]
+    assert broker.stats.fills_from_poll == 1
+    server.restore_trade_updates()
+    wait_until(lambda: broker.streaming, 60, "the stream back", 0.05)
+    broker.submit(order("r3-3", Side.BUY, 2))
+    take(broker, 1)
+    server.fill("r3-3", price=52.0)
+    assert kinds(take(broker, 1)) == [("r3-3", "fill", 2, 52.0)]
+    time.sleep(0.5)
+    assert not broker.executions
+    assert (broker.stats.fills_from_stream, broker.stats.fills_from_poll) == (2, 1)
+    assert server.positions == {"SPY": 2}
