@@ -10,6 +10,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -21,11 +22,14 @@ from alpaca.trading.stream import TradingStream
 from websockets.sync.client import connect
 
 from tests.alpaca_server import AlpacaTestServer
-from tests.conftest import wait_until
+from tests.conftest import free_port, wait_until
+from tests.test_hub import ALPACA_KEY, ALPACA_SECRET
+from tests.test_hub import SECRET as HUB_SECRET
 from tradeday.brokers.alpaca import AlpacaPaperBroker
 from tradeday.brokers.base import BrokerOrder, ExecType, Execution
-from tradeday.brokers.trade_updates import StreamEndpoint
+from tradeday.brokers.trade_updates import StreamEndpoint, TradeUpdatesClient, stream_url
 from tradeday.events import Side
+from tradeday.hub import HUB_KEY, Hub
 
 KEY = "fake-key-tradeupdates-3k9"
 SECRET = "fake-secret-tradeupdates-8m1"
@@ -266,3 +270,117 @@ def test_a_cut_stream_falls_back_to_polling_and_reconciles_when_back(
     assert not broker.executions
     assert (broker.stats.fills_from_stream, broker.stats.fills_from_poll) == (2, 1)
     assert server.positions == {"SPY": 2}
+
+
+# -- the hub ------------------------------------------------------------------------------
+
+
+@contextmanager
+def hub_with_trade_updates(server: AlpacaTestServer) -> Iterator[Hub]:
+    """A hub sharing ``server``'s trade_updates (its market-data upstream is not needed)."""
+    hub = Hub(
+        f"ws://127.0.0.1:{free_port()}",
+        ALPACA_KEY,
+        ALPACA_SECRET,
+        secret=HUB_SECRET,
+        backoff_base=0.05,
+        seed=1,
+        trade_updates=StreamEndpoint(server.stream_url, KEY, SECRET),
+    )
+    with hub:
+        relay = hub.trade_updates
+        assert relay is not None
+        wait_until(lambda: relay.upstream.listening, 30, "the hub's upstream listening", 0.02)
+        yield hub
+
+
+class Listener:
+    """Our stream client on the hub, as a session's broker runs it, keeping every event."""
+
+    def __init__(self, hub: Hub, prefix: str | None, secret: str = HUB_SECRET) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.states: list[bool] = []
+        endpoint = StreamEndpoint(stream_url(hub.url), HUB_KEY, secret, prefix=prefix)
+        self.client = TradeUpdatesClient(endpoint, self.events.append, self.states.append)
+        self.client.start()
+
+    def cids(self) -> list[tuple[str, str]]:
+        return [(e["order"]["client_order_id"], e["event"]) for e in self.events]
+
+
+def test_the_hub_routes_each_event_to_the_session_whose_prefix_it_carries(
+    server: AlpacaTestServer,
+) -> None:
+    """One upstream connection; sessions with prefixes get exactly their orders' events in
+    order; alpaca-py's TradingStream with the hub's credential (no prefix) gets them all;
+    a wrong local secret is unauthorized."""
+    with hub_with_trade_updates(server) as hub:
+        relay = hub.trade_updates
+        assert relay is not None
+        a, b = Listener(hub, "runa-"), Listener(hub, "runb-")
+        wrong = Listener(hub, "runc-", secret="not-the-secret")
+        everything: list[TradeUpdate] = []
+        stream = TradingStream(HUB_KEY, HUB_SECRET, url_override=stream_url(hub.url))
+
+        async def on_update(update: TradeUpdate) -> None:
+            everything.append(update)
+
+        stream.subscribe_trade_updates(on_update)
+        runner = threading.Thread(target=stream.run, name="trading-stream", daemon=True)
+        runner.start()
+        try:
+            wait_until(lambda: len(relay.listeners) == 3, 30, "three listeners", 0.02)
+            assert sorted(relay.listeners, key=str) == sorted(["runa-", "runb-", None], key=str)
+            client = TradingClient(KEY, SECRET, url_override=server.url)
+            for cid in ("runa-1", "runb-1", "runa-2", "other-1"):
+                client.submit_order(
+                    MarketOrderRequest(
+                        symbol="SPY", qty=2, side="buy", time_in_force="day", client_order_id=cid
+                    )
+                )
+                server.fill(cid, qty=1, price=10.0)
+                server.fill(cid, price=11.0)
+            wait_until(lambda: len(everything) == 12, 30, "every event at TradingStream", 0.02)
+            wait_until(lambda: len(a.events) == 6 and len(b.events) == 3, 30, "routed", 0.02)
+        finally:
+            stream.stop()
+            runner.join(10)
+            for listener in (a, b, wrong):
+                listener.client.stop()
+        steps = ["new", "partial_fill", "fill"]
+        assert a.cids() == [(c, e) for c in ("runa-1", "runa-2") for e in steps]
+        assert b.cids() == [("runb-1", e) for e in steps]
+        assert [u.order.client_order_id for u in everything] == [
+            c for c in ("runa-1", "runb-1", "runa-2", "other-1") for _ in steps
+        ]
+        assert a.events == [
+            e for e in server.trade_updates if e["order"]["client_order_id"][:5] == "runa-"
+        ]
+        assert not wrong.events and wrong.states == [] and relay.stats.refused >= 1
+        assert (relay.stats.routed, relay.stats.unrouted) == (9 + 12, 0)
+        assert server.trade_update_listeners == 1  # the hub's one upstream connection
+
+
+def test_an_upstream_cut_closes_the_hub_sessions_until_it_is_back(
+    server: AlpacaTestServer,
+) -> None:
+    """The hub's upstream trade_updates is cut: each session is closed (so its broker polls)
+    and refused while the upstream is down; both listen again once it is back."""
+    with hub_with_trade_updates(server) as hub:
+        relay = hub.trade_updates
+        assert relay is not None
+        a = Listener(hub, "runa-")
+        wait_until(lambda: a.states == [True], 30, "listening", 0.02)
+        server.cut_trade_updates(refuse=True)
+        wait_until(lambda: a.states == [True, False], 30, "the session closed", 0.02)
+        time.sleep(1.0)
+        assert a.states == [True, False] and relay.stats.refused >= 1
+        server.restore_trade_updates()
+        wait_until(lambda: a.states == [True, False, True], 60, "listening again", 0.05)
+        TradingClient(KEY, SECRET, url_override=server.url).submit_order(
+            MarketOrderRequest(
+                symbol="SPY", qty=1, side="buy", time_in_force="day", client_order_id="runa-9"
+            )
+        )
+        wait_until(lambda: a.cids() == [("runa-9", "new")], 30, "the event after the gap", 0.02)
+        a.client.stop()
