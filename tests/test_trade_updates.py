@@ -11,6 +11,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import date
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,14 +24,21 @@ from alpaca.trading.stream import TradingStream
 from websockets.sync.client import connect
 
 from tests.alpaca_server import AlpacaTestServer
-from tests.conftest import free_port, wait_until
+from tests.conftest import OPEN_FIXTURE, free_port, wait_until
 from tests.test_hub import ALPACA_KEY, ALPACA_SECRET
 from tests.test_hub import SECRET as HUB_SECRET
+from tradeday import recording
 from tradeday.brokers.alpaca import AlpacaPaperBroker
 from tradeday.brokers.base import BrokerOrder, ExecType, Execution
 from tradeday.brokers.trade_updates import StreamEndpoint, TradeUpdatesClient, stream_url
+from tradeday.calendar import session_window
+from tradeday.config import parse_session_config
+from tradeday.engine import order_prefix
 from tradeday.events import Side
 from tradeday.hub import HUB_KEY, Hub
+from tradeday.replay.server import ReplayServer
+from tradeday.session import SessionResult, TradingSession
+from tradeday.wiring import Credentials
 
 KEY = "fake-key-tradeupdates-3k9"
 SECRET = "fake-secret-tradeupdates-8m1"
@@ -384,3 +393,148 @@ def test_an_upstream_cut_closes_the_hub_sessions_until_it_is_back(
         )
         wait_until(lambda: a.cids() == [("runa-9", "new")], 30, "the event after the gap", 0.02)
         a.client.stop()
+
+
+# -- whole sessions -----------------------------------------------------------------------
+
+DAY = date(2013, 9, 3)
+PRICE = 1646.5
+TRADES = recording.load(OPEN_FIXTURE)
+
+
+@pytest.fixture
+def es_server() -> Iterator[AlpacaTestServer]:
+    with AlpacaTestServer(
+        key_id=KEY, secret_key=SECRET, fill_price={"ES": PRICE}, buying_power=1e9, allow_short=True
+    ) as srv:
+        yield srv
+
+
+def alpaca_session(tmp_path: Path, server: AlpacaTestServer, model: str, **feed: Any):
+    config = parse_session_config(
+        {
+            "model": {"name": model},
+            "symbols": ["ES"],
+            "feed": feed,
+            "broker": {"kind": "alpaca", "alpaca_url": server.url},
+            "ledger_url": f"sqlite:///{tmp_path / model / 'ledger.sqlite'}",
+            "report_path": str(tmp_path / model / "r.duckdb"),
+        }
+    )
+    (tmp_path / model).mkdir(exist_ok=True)
+    return TradingSession(config, session_window(DAY), credentials=Credentials(KEY, SECRET))
+
+
+def run(s: TradingSession) -> SessionResult:
+    try:
+        s.run()
+    finally:
+        result = s.shutdown("completed")
+    return result
+
+
+def same_fills_as_the_server(s: TradingSession, server: AlpacaTestServer) -> int:
+    """The ledger's fills are the server's, order by order (quantity and average price);
+    no share twice, none missing. Returns how many fill rows the ledger has."""
+    assert s.ledger is not None
+    prefix = order_prefix(s.run_id)
+    at_server = {
+        o["client_order_id"]: o for o in server.orders if o["client_order_id"].startswith(prefix)
+    }
+    fills = s.ledger.fills(s.run_id)
+    assert at_server and {f.client_order_id for f in fills} == set(at_server)
+    for cid, o in at_server.items():
+        mine = [f for f in fills if f.client_order_id == cid]
+        assert sum(f.qty for f in mine) == int(o["filled_qty"]) == int(o["qty"])
+        assert sum(f.qty * f.price for f in mine) == pytest.approx(
+            int(o["qty"]) * float(o["filled_avg_price"])
+        )
+    assert sum(f.signed_qty for f in fills) == 0
+    return len(fills)
+
+
+def spy_on_events(s: TradingSession) -> list[str]:
+    """The client_order_ids of the trade updates the session's broker receives (a spy on
+    the real stream client: the events still go where they went)."""
+    seen: list[str] = []
+    stream = s.broker._stream  # type: ignore[attr-defined]
+    forward = stream._on_event
+
+    def record(data: dict[str, Any]) -> None:
+        seen.append(data["order"]["client_order_id"])
+        forward(data)
+
+    stream._on_event = record
+    return seen
+
+
+def test_two_alpaca_sessions_through_the_hub_get_only_their_own_trade_updates(
+    tmp_path: Path, es_server: AlpacaTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two models on one account through one hub: market data and trade updates each over
+    the hub's one upstream connection. Each session's broker receives exactly its own
+    orders' events and takes its fills from them; each ledger equals the server's fills."""
+    monkeypatch.setenv("TRADEDAY_HUB_SECRET", HUB_SECRET)
+    port = free_port()
+    hub = Hub(
+        f"ws://127.0.0.1:{port}",
+        ALPACA_KEY,
+        ALPACA_SECRET,
+        secret=HUB_SECRET,
+        backoff_base=0.05,
+        seed=1,
+        trade_updates=StreamEndpoint(es_server.stream_url, KEY, SECRET),
+    )
+    with hub:
+        relay = hub.trade_updates
+        assert relay is not None
+        wait_until(lambda: relay.upstream.listening, 30, "the hub's upstream listening", 0.02)
+        sessions = [
+            alpaca_session(tmp_path, es_server, m, source="hub", url=hub.url)
+            for m in ("volume_modulo", "mean_reversion")
+        ]
+        seen = [spy_on_events(s) for s in sessions]
+        results: dict[str, SessionResult] = {}
+        threads = [
+            threading.Thread(target=lambda s=s: results.update({s.model_name: run(s)}))
+            for s in sessions
+        ]
+        for t in threads:
+            t.start()
+        wait_until(lambda: len(hub._routes) == 2 and len(relay.listeners) == 2, 60, "both", 0.05)
+        assert sorted(relay.listeners) == sorted(order_prefix(s.run_id) for s in sessions)
+        with ReplayServer(
+            TRADES, key=ALPACA_KEY, secret=ALPACA_SECRET, port=port, max_connections=1
+        ):
+            for t in threads:
+                t.join(180)
+                assert not t.is_alive()
+        assert es_server.trade_update_listeners == 1  # the hub's, for both sessions
+    for s, got in zip(sessions, seen, strict=True):
+        result = results[s.model_name]
+        assert (result.status, result.final_positions) == ("completed", {})
+        fills = same_fills_as_the_server(s, es_server)
+        prefix = order_prefix(s.run_id)
+        assert got and all(cid.startswith(prefix) for cid in got)  # only its own events
+        assert s.broker.stats.fills_from_stream > 0  # type: ignore[attr-defined]
+        assert s.broker.stats.fills_from_stream + s.broker.stats.fills_from_poll == fills  # type: ignore[attr-defined]
+        s.close()
+    assert relay.stats.unrouted == 0
+
+
+def test_a_session_whose_stream_is_cut_mid_session_gets_every_fill_once(
+    tmp_path: Path, es_server: AlpacaTestServer
+) -> None:
+    """A direct session (its broker on the test server's /stream, the default next to
+    alpaca_url): the stream is cut as the 8th order arrives and refused until the 16th.
+    Fills go on arriving by polling; the ledger equals the server's fills, none twice."""
+    es_server.trade_updates_outage = (8, 16)
+    s = alpaca_session(tmp_path, es_server, "volume_modulo", recording=str(OPEN_FIXTURE))
+    result = run(s)
+    assert (result.status, result.final_positions) == ("completed", {})
+    fills = same_fills_as_the_server(s, es_server)
+    stats = s.broker.stats  # type: ignore[attr-defined]
+    assert stats.fills_from_stream > 0 and stats.fills_from_poll > 0
+    assert stats.fills_from_stream + stats.fills_from_poll == fills
+    assert s.broker.stream_stats.drops >= 1  # type: ignore[attr-defined]
+    s.close()

@@ -72,7 +72,7 @@ from tradeday.brokers.base import (
     Execution,
     Leftovers,
 )
-from tradeday.brokers.trade_updates import StreamEndpoint, TradeUpdatesClient
+from tradeday.brokers.trade_updates import StreamEndpoint, StreamStats, TradeUpdatesClient
 from tradeday.events import NS_PER_S, Side, datetime_to_ns
 
 log = logging.getLogger(__name__)
@@ -332,6 +332,11 @@ class AlpacaPaperBroker(Broker):
             )
         )
         self._seen_executions: set[str] = set()
+
+    @property
+    def stream_stats(self) -> StreamStats | None:
+        """The trade_updates connection's counters (connects, drops, events); None if off."""
+        return None if self._stream is None else self._stream.stats
 
     @property
     def streaming(self) -> bool:
