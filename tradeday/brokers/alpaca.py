@@ -8,11 +8,11 @@ order of this broker is still working, polls Alpaca for fills. Outcomes go to
 Fills come from Alpaca's **``trade_updates`` stream** when it is configured
 (:mod:`tradeday.brokers.trade_updates`, a thread of its own: directly from Alpaca, or from
 the hub that holds the account's one connection), and from **polling**, which stays as the
-reconciliation and the fallback. Each stream event goes onto the worker's queue and is
-applied there, after the order's own POST answer, so both paths change one order's state
-in one thread. Polling runs every ``poll_interval`` while an order is working and the stream
-is not listening; while it is, only every ``reconcile_interval`` (Alpaca allows 200 requests
-a minute per account), and at once when the stream comes back after a gap (Alpaca does not
+reconciliation and the fallback. Each stream event is handed to the worker thread ahead
+of the orders still queued for it and applied between two sends, always after its order's
+own POST answer, so both paths change one order's state in one thread. Polling runs every
+``poll_interval`` while an order is working and the stream is not listening; while it is,
+only every ``reconcile_interval`` (Alpaca allows 200 requests a minute per account), and at once when the stream comes back after a gap (Alpaca does not
 replay missed events) and when the session flushes at shutdown.
 
 A poll lists this account's orders submitted since the oldest working one
@@ -47,6 +47,7 @@ import logging
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -108,13 +109,6 @@ _FILL_EVENTS = frozenset({"fill", "partial_fill"})
 @dataclass(frozen=True, slots=True)
 class _CancelRequest:
     client_order_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class _Update:
-    """One ``trade_updates`` event's ``data``, to be applied on the worker thread."""
-
-    data: dict[str, Any]
 
 
 @dataclass
@@ -326,12 +320,18 @@ class AlpacaPaperBroker(Broker):
             if trade_updates is None
             else TradeUpdatesClient(
                 trade_updates,
-                lambda data: self._queue.put(_Update(data)),
+                self._on_stream_event,
                 lambda _listening: self._queue.put(_RECONCILE),
                 name="alpaca-trade-updates",
             )
         )
         self._seen_executions: set[str] = set()
+        self._updates: deque[dict[str, Any]] = deque()
+
+    def _on_stream_event(self, data: dict[str, Any]) -> None:
+        """Stream thread: hand the event to the worker ahead of the orders queued for it."""
+        self._updates.append(data)
+        self._queue.put(_WAKE)
 
     @property
     def stream_stats(self) -> StreamStats | None:
@@ -556,10 +556,10 @@ class AlpacaPaperBroker(Broker):
                 self._send(item)
             elif isinstance(item, _CancelRequest):
                 self._request_cancel(item.client_order_id)
-            elif isinstance(item, _Update):
-                self._on_update(item.data)
             elif item is _RECONCILE:
                 next_poll = 0.0
+            while self._updates:  # between two sends, never behind the orders still queued
+                self._on_update(self._updates.popleft())
             if self.streaming and not was_busy and self._busy():
                 # the stream reports this order's fate; the poll only reconciles, later
                 next_poll = max(next_poll, time.monotonic() + self.reconcile_interval)

@@ -48,6 +48,13 @@ def parser() -> argparse.ArgumentParser:
         "`tradeday replay-server`, with its key and secret in APCA_API_KEY_ID/APCA_API_SECRET_KEY)",
     )
     p.add_argument(
+        "--trading-url",
+        help="the Alpaca trading API whose trade_updates stream the hub shares at /stream "
+        "(default: Alpaca paper, https://paper-api.alpaca.markets, unless --upstream-url "
+        "is given; a rehearsal names its trading test server here)",
+    )
+    p.add_argument("--no-trade-updates", action="store_true", help="share no trade_updates")
+    p.add_argument(
         "--host", default="127.0.0.1", help="listen address (loopback unless --allow-remote)"
     )
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
