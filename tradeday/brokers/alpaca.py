@@ -12,8 +12,9 @@ reconciliation and the fallback. Each stream event is handed to the worker threa
 of the orders still queued for it and applied between two sends, always after its order's
 own POST answer, so both paths change one order's state in one thread. Polling runs every
 ``poll_interval`` while an order is working and the stream is not listening; while it is,
-only every ``reconcile_interval`` (Alpaca allows 200 requests a minute per account), and at once when the stream comes back after a gap (Alpaca does not
-replay missed events) and when the session flushes at shutdown.
+only every ``reconcile_interval`` (Alpaca allows 200 requests a minute per account), and
+at once when the stream comes back after a gap (Alpaca does not replay missed events) and
+when the session flushes at shutdown.
 
 A poll lists this account's orders submitted since the oldest working one
 (``GET /v2/orders?status=all&after=``) and turns each increase of ``filled_qty`` into one
