@@ -32,13 +32,13 @@ from tradeday.brokers.alpaca import AlpacaPaperBroker
 from tradeday.brokers.base import BrokerOrder, ExecType, Execution
 from tradeday.brokers.trade_updates import StreamEndpoint, TradeUpdatesClient, stream_url
 from tradeday.calendar import session_window
-from tradeday.config import parse_session_config
+from tradeday.config import ConfigError, parse_session_config
 from tradeday.engine import order_prefix
 from tradeday.events import Side
 from tradeday.hub import HUB_KEY, Hub
 from tradeday.replay.server import ReplayServer
 from tradeday.session import SessionResult, TradingSession
-from tradeday.wiring import Credentials
+from tradeday.wiring import Credentials, trade_updates_endpoint
 
 KEY = "fake-key-tradeupdates-3k9"
 SECRET = "fake-secret-tradeupdates-8m1"
@@ -538,3 +538,32 @@ def test_a_session_whose_stream_is_cut_mid_session_gets_every_fill_once(
     assert stats.fills_from_stream + stats.fills_from_poll == fills
     assert s.broker.stream_stats.drops >= 1  # type: ignore[attr-defined]
     s.close()
+
+
+def test_where_a_session_listens_and_bad_settings_name_the_field(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Direct: Alpaca's /stream next to alpaca_url, with the Alpaca keys. Through the hub:
+    the hub's /stream, its local credential and the run's prefix, never the Alpaca keys.
+    A non-websocket URL is refused naming broker.trade_updates_url; no secret names it."""
+    keys = Credentials(KEY, SECRET)
+
+    def endpoint(**raw: Any) -> StreamEndpoint | None:
+        return trade_updates_endpoint(parse_session_config(raw), keys, "run7-")
+
+    direct = endpoint(broker={"kind": "alpaca"})
+    assert direct == StreamEndpoint("wss://paper-api.alpaca.markets/stream", KEY, SECRET)
+    assert endpoint(broker={"kind": "alpaca", "trade_updates": False}) is None
+    monkeypatch.setenv("TRADEDAY_HUB_SECRET", HUB_SECRET)
+    hub = endpoint(
+        broker={"kind": "alpaca"}, feed={"source": "hub", "url": "ws://127.0.0.1:9/v2/hub"}
+    )
+    assert hub == StreamEndpoint("ws://127.0.0.1:9/stream", HUB_KEY, HUB_SECRET, prefix="run7-")
+    assert KEY not in repr(direct) and SECRET not in repr(direct)
+    with pytest.raises(ConfigError, match=r"broker\.trade_updates_url: .*not a websocket URL"):
+        parse_session_config(
+            {"broker": {"kind": "alpaca", "trade_updates_url": "https://x/stream"}}
+        )
+    monkeypatch.delenv("TRADEDAY_HUB_SECRET")
+    with pytest.raises(ValueError, match="set TRADEDAY_HUB_SECRET"):
+        endpoint(broker={"kind": "alpaca"}, feed={"source": "hub"})

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 PATH = "/stream"
 UPSTREAM_DOWN = "hub trade_updates upstream not connected"
 UPSTREAM_LOST = "hub trade_updates upstream lost"
+_SLOW = b""  # queued for a session cut for being slow (None: the upstream was lost)
 
 
 @dataclass
@@ -133,7 +134,7 @@ class TradeUpdatesRelay:
                     "hub: cutting a slow trade_updates session (prefix %r)", listener.prefix
                 )
                 self._listeners.remove(listener)
-                listener.queue.put_nowait(None)
+                listener.queue.put_nowait(_SLOW)
                 continue
             listener.queue.put_nowait(raw)
             taken += 1
@@ -167,8 +168,10 @@ class TradeUpdatesRelay:
                     return
                 raw = nxt.result()
                 if raw is None:
-                    lost = self.upstream.listening
-                    await ws.close(1008 if lost else 1011, "slow client" if lost else UPSTREAM_LOST)
+                    await ws.close(1011, UPSTREAM_LOST)
+                    return
+                if raw == _SLOW:
+                    await ws.close(1008, "slow client")
                     return
                 await ws.send(raw)
         except ConnectionClosed:
