@@ -416,7 +416,7 @@ def alpaca_session(tmp_path: Path, server: AlpacaTestServer, model: str, **feed:
             "model": {"name": model},
             "symbols": ["ES"],
             "feed": feed,
-            "broker": {"kind": "alpaca", "alpaca_url": server.url},
+            "broker": {"kind": "alpaca", "alpaca_url": server.url, "trade_updates": True},
             "ledger_url": f"sqlite:///{tmp_path / model / 'ledger.sqlite'}",
             "report_path": str(tmp_path / model / "r.duckdb"),
         }
@@ -551,7 +551,8 @@ def test_where_a_session_listens_and_bad_settings_name_the_field(
     def endpoint(**raw: Any) -> StreamEndpoint | None:
         return trade_updates_endpoint(parse_session_config(raw), keys, "run7-")
 
-    direct = endpoint(broker={"kind": "alpaca"})
+    assert endpoint(broker={"kind": "alpaca"}) is None  # off by default: polling
+    direct = endpoint(broker={"kind": "alpaca", "trade_updates": True})
     assert direct == StreamEndpoint("wss://paper-api.alpaca.markets/stream", KEY, SECRET)
     assert endpoint(broker={"kind": "alpaca", "trade_updates": False}) is None
     monkeypatch.setenv("TRADEDAY_HUB_SECRET", HUB_SECRET)
@@ -566,4 +567,4 @@ def test_where_a_session_listens_and_bad_settings_name_the_field(
         )
     monkeypatch.delenv("TRADEDAY_HUB_SECRET")
     with pytest.raises(ValueError, match="set TRADEDAY_HUB_SECRET"):
-        endpoint(broker={"kind": "alpaca"}, feed={"source": "hub"})
+        endpoint(broker={"kind": "alpaca", "trade_updates": True}, feed={"source": "hub"})

@@ -145,10 +145,10 @@ class BrokerConfig(BaseModel):
         description="Flatten by closing every position in the account, not just this session's",
     )
     trade_updates: bool = Field(
-        True,
+        False,
         title="Fills from trade_updates",
         description="Take Alpaca fills from the trade_updates stream (through the hub when "
-        "feed.source is 'hub'), polling only to reconcile; off: poll for fills",
+        "feed.source is 'hub'), polling only to reconcile; off (default): poll for fills",
     )
     trade_updates_url: str | None = Field(
         None,

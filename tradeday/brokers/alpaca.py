@@ -75,7 +75,8 @@ from tradeday.brokers.base import (
     Leftovers,
 )
 from tradeday.brokers.trade_updates import StreamEndpoint, StreamStats, TradeUpdatesClient
-from tradeday.events import NS_PER_S, Side, datetime_to_ns
+from tradeday.decode import parse_rfc3339_ns
+from tradeday.events import NS_PER_S, Side, datetime_to_ns, ns_to_datetime
 
 log = logging.getLogger(__name__)
 
@@ -105,11 +106,38 @@ _STOP = object()
 _WAKE = object()
 _RECONCILE = object()  # poll now (the stream came back or went away, or shutdown flushes)
 _FILL_EVENTS = frozenset({"fill", "partial_fill"})
+_CHANGES = _FILL_EVENTS | {"canceled", "expired", "rejected", "replaced", "done_for_day"}
+"""trade_updates events that can change what the broker reports."""
 
 
 @dataclass(frozen=True, slots=True)
 class _CancelRequest:
     client_order_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    """The fields of a trade update's order that :meth:`AlpacaPaperBroker._apply` reads,
+    parsed without building alpaca-py's whole ``Order`` model for every event."""
+
+    qty: str | None
+    filled_qty: str
+    filled_avg_price: str | None
+    status: str
+    filled_at: datetime | None
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, raw: dict[str, Any]) -> _Snapshot:
+        filled_at = raw.get("filled_at")
+        return cls(
+            qty=raw.get("qty"),
+            filled_qty=str(raw["filled_qty"]),
+            filled_avg_price=raw.get("filled_avg_price"),
+            status=OrderStatus(raw["status"]).value,
+            filled_at=ns_to_datetime(parse_rfc3339_ns(filled_at)) if filled_at else None,
+            updated_at=ns_to_datetime(parse_rfc3339_ns(raw["updated_at"])),
+        )
 
 
 @dataclass
@@ -330,7 +358,14 @@ class AlpacaPaperBroker(Broker):
         self._updates: deque[dict[str, Any]] = deque()
 
     def _on_stream_event(self, data: dict[str, Any]) -> None:
-        """Stream thread: hand the event to the worker ahead of the orders queued for it."""
+        """Stream thread: hand the event to the worker ahead of the orders queued for it.
+
+        ``new``, ``accepted`` and the ``pending_*`` events change nothing the POST answer
+        did not say already: they are counted and dropped here, off the worker.
+        """
+        if data.get("event") not in _CHANGES:
+            self.stats.stream_events += 1
+            return
         self._updates.append(data)
         self._queue.put(_WAKE)
 
@@ -749,8 +784,8 @@ class AlpacaPaperBroker(Broker):
                 self.stats.stale_events += 1
                 return
             try:
-                order = Order(**raw)
-            except (TypeError, ValueError) as err:
+                order = _Snapshot.of(raw)
+            except (KeyError, TypeError, ValueError, ArithmeticError) as err:
                 log.warning("trade update for %s not understood (%s); polling covers it", cid, err)
                 return
             if execution_id:
@@ -796,7 +831,7 @@ class AlpacaPaperBroker(Broker):
     def _apply(
         self,
         tracked: _Tracked,
-        order: Order,
+        order: Order | _Snapshot,
         exact: tuple[Decimal, Decimal] | None = None,
         from_stream: bool = False,
     ) -> None:
