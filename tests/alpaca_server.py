@@ -22,6 +22,11 @@ the fill price, a limit the price does not reach is canceled. Alpaca's submissio
 for auction orders (09:28 and 15:50 ET) are not checked here: the server has no calendar.
 ``fill_price`` is read at each fill and order check: a dict the test may change between
 fills, or a function of the symbol. A symbol it does not know is refused as an unknown asset.
+
+The ``trade_updates`` stream is served on the same port at ``/stream``, as Alpaca serves it
+next to the REST API (:class:`_TradeUpdates`): every order event the account sees (new, fill,
+partial_fill, canceled, expired, rejected) goes to every listening connection in the order
+it happened. Tests cut it with :meth:`AlpacaTestServer.cut_trade_updates`.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import queue
 import socket
 import sys
 import threading
@@ -43,6 +49,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 from zoneinfo import ZoneInfo
+
+from websockets.exceptions import ConnectionClosed
+from websockets.server import ServerProtocol
+from websockets.sync.server import ServerConnection
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +207,9 @@ class AlpacaTestServer:
         self.fill_mode: FillMode = fill_mode
         self.allow_short = allow_short
         self.is_open = is_open
+        self.trade_updates_outage: tuple[int, int] | None = None
+        """(first, last): the stream is cut as the first-th order arrives and accepts
+        connections again from the last-th on, to cut it mid-session at a known point."""
         self.latency = 0.0
         self.halt_after_orders: int | None = None
         """Accept this many orders, then refuse every new one with 403, as a venue refuses
@@ -207,6 +220,7 @@ class AlpacaTestServer:
         self._book = _Book(cash=Decimal(str(buying_power)))
         self._faults: list[_Fault] = []
         self._connections: set[socket.socket] = set()
+        self._stream = _TradeUpdates(key_id, secret_key)
         self._httpd = _Server((host, port), _Handler, self)
         self._thread = threading.Thread(
             target=self._httpd.serve_forever,
@@ -227,6 +241,7 @@ class AlpacaTestServer:
     def stop(self) -> None:
         """Stop serving and cut keep-alive connections so no handler thread lingers."""
         self._httpd.shutdown()
+        self._stream.cut(refuse=True)
         with self._book.lock:
             connections = list(self._connections)
         for conn in connections:
@@ -301,6 +316,34 @@ class AlpacaTestServer:
         """End an open order as the venue would (``canceled`` or ``expired``)."""
         with self._book.lock:
             self._cancel(self._book.by_client_id[client_order_id], status)
+
+    def reject(self, client_order_id: str) -> None:
+        """The venue rejects an open order after Alpaca accepted it (a ``rejected`` event)."""
+        with self._book.lock:
+            self._cancel(self._book.by_client_id[client_order_id], "rejected")
+
+    @property
+    def stream_url(self) -> str:
+        """Where alpaca-py's ``TradingStream(url_override=...)`` connects: ``ws://.../stream``."""
+        return self.url.replace("http://", "ws://", 1) + "/stream"
+
+    @property
+    def trade_updates(self) -> list[dict[str, Any]]:
+        """Every trade update sent so far (the ``data`` objects), oldest first."""
+        return self._stream.sent()
+
+    @property
+    def trade_update_listeners(self) -> int:
+        """Connections authenticated and listening to ``trade_updates`` now."""
+        return self._stream.listeners()
+
+    def cut_trade_updates(self, refuse: bool = True) -> None:
+        """Drop every ``trade_updates`` connection; with ``refuse``, refuse new ones (503)
+        until :meth:`restore_trade_updates`. Orders and REST go on as before."""
+        self._stream.cut(refuse)
+
+    def restore_trade_updates(self) -> None:
+        self._stream.refusing = False
 
     # ----------------------------------------------------------------- HTTP dispatch
 
@@ -426,6 +469,13 @@ class AlpacaTestServer:
         self._book.orders[order.id] = order
         self._book.by_client_id[client_order_id] = order
         answer = order.to_json()
+        if self.trade_updates_outage is not None:
+            first, last = self.trade_updates_outage
+            if len(self._book.orders) == first:
+                self._stream.cut(refuse=True)
+            elif len(self._book.orders) == last:
+                self._stream.refusing = False
+        self._stream.publish("new", order)
         self._auto_fill(order, price)
         return order, answer
 
@@ -481,12 +531,15 @@ class AlpacaTestServer:
         position.last_price = price
         if after == 0:
             position.avg_entry = Decimal(0)
+        event = "fill" if order.status == "filled" else "partial_fill"
+        self._stream.publish(event, order, qty=qty, price=price, position_qty=after)
 
     def _cancel(self, order: _Order, status: str) -> None:
         if order.status not in _OPEN:
             raise _ApiError(422, _CODE_NOT_CANCELABLE, f"order is already {order.status}")
         now = datetime.now(UTC)
         order.status, order.updated_at, order.canceled_at = status, now, now
+        self._stream.publish(status, order)
 
     def _cancel_all(self) -> list[dict[str, Any]]:
         answers = []
@@ -729,6 +782,134 @@ class AlpacaTestServer:
         return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+class _TradeUpdates:
+    """Alpaca's ``trade_updates`` websocket, as alpaca-py's ``TradingStream`` speaks it.
+
+    Client ``{"action": "authenticate", "data": {"key_id", "secret_key"}}``, server
+    ``{"stream": "authorization", "data": {"status": "authorized"|"unauthorized", ...}}``;
+    client ``{"action": "listen", "data": {"streams": ["trade_updates"]}}``, server
+    ``{"stream": "listening", "data": {"streams": [...]}}``; then one message per event,
+    ``{"stream": "trade_updates", "data": {"event", "order", "timestamp", ...}}``, fills with
+    ``price``, ``qty``, ``position_qty`` (decimal strings) and ``execution_id``. Alpaca sends
+    binary frames holding JSON, and so does this. :meth:`publish` is called under the
+    book's lock, so every listener gets the account's events in the order they happened;
+    each connection's own handler thread sends them (a slow client never holds the book).
+    """
+
+    def __init__(self, key_id: str, secret_key: str) -> None:
+        self._key_id = key_id
+        self._secret_key = secret_key
+        self._lock = threading.Lock()
+        self._listeners: dict[ServerConnection, queue.SimpleQueue[bytes | None]] = {}
+        self._sent: list[dict[str, Any]] = []
+        self.refusing = False
+
+    def publish(
+        self,
+        event: str,
+        order: _Order,
+        *,
+        qty: int | None = None,
+        price: Decimal | None = None,
+        position_qty: int | None = None,
+    ) -> None:
+        data: dict[str, Any] = {
+            "event": event,
+            "timestamp": _rfc3339(order.updated_at),
+            "order": order.to_json(),
+        }
+        if qty is not None and price is not None:
+            data.update(
+                execution_id=str(uuid.uuid4()),
+                price=_num(price),
+                qty=str(qty),
+                position_qty=str(position_qty),
+            )
+        raw = json.dumps({"stream": "trade_updates", "data": data}).encode()
+        with self._lock:
+            self._sent.append(data)
+            for outbox in self._listeners.values():
+                outbox.put(raw)
+
+    def sent(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._sent)
+
+    def listeners(self) -> int:
+        with self._lock:
+            return len(self._listeners)
+
+    def cut(self, refuse: bool) -> None:
+        self.refusing = refuse
+        with self._lock:
+            cut = list(self._listeners.items())
+            self._listeners.clear()
+        for ws, outbox in cut:
+            outbox.put(None)
+            with contextlib.suppress(OSError):
+                ws.socket.shutdown(socket.SHUT_RDWR)  # a dead link, not a clean close
+
+    def serve(self, handler: BaseHTTPRequestHandler) -> None:
+        """Take over ``handler``'s socket (an upgrade request for ``/stream``) until it closes."""
+        ws = ServerConnection(handler.connection, ServerProtocol(), ping_interval=None)
+        raw = handler.raw_requestline + b"".join(
+            f"{name}: {value}\r\n".encode() for name, value in handler.headers.items()
+        )
+        with ws.protocol_mutex:  # the request was read already: hand its bytes to websockets
+            ws.protocol.receive_data(raw + b"\r\n")
+            for event in ws.protocol.events_received():
+                ws.process_event(event)
+        try:
+            ws.handshake(timeout=5)
+            if self._authenticate(ws) and self._listen(ws):
+                self._send_events(ws)
+        except (ConnectionClosed, OSError, TimeoutError, ValueError):
+            pass
+        finally:
+            with self._lock:
+                self._listeners.pop(ws, None)
+            ws.close()
+
+    def _authenticate(self, ws: ServerConnection) -> bool:
+        message = json.loads(ws.recv(timeout=10))
+        data = message.get("data") or {}
+        ok = message.get("action") == "authenticate" and (
+            data.get("key_id"),
+            data.get("secret_key"),
+        ) == (self._key_id, self._secret_key)
+        status = "authorized" if ok else "unauthorized"
+        reply = {"stream": "authorization", "data": {"status": status, "action": "authenticate"}}
+        ws.send(json.dumps(reply).encode())
+        return ok
+
+    def _listen(self, ws: ServerConnection) -> bool:
+        message = json.loads(ws.recv(timeout=10))
+        streams = (message.get("data") or {}).get("streams")
+        if message.get("action") != "listen" or not isinstance(streams, list):
+            return False
+        listening = [s for s in streams if s == "trade_updates"]
+        outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        with self._lock:
+            ws.send(json.dumps({"stream": "listening", "data": {"streams": listening}}).encode())
+            if listening:
+                self._listeners[ws] = outbox
+        return bool(listening)
+
+    def _send_events(self, ws: ServerConnection) -> None:
+        with self._lock:
+            outbox = self._listeners.get(ws)
+        while outbox is not None:
+            try:
+                raw = outbox.get(timeout=0.2)
+            except queue.Empty:
+                if ws.protocol.state.name == "CLOSED":
+                    return
+                continue
+            if raw is None:
+                return
+            ws.send(raw)
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
@@ -761,9 +942,18 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
     def _serve(self) -> None:
+        app = self.server.app
+        if self.path == "/stream" and self.headers.get("Upgrade", "").lower() == "websocket":
+            self.close_connection = True  # the socket is the websocket's from here on
+            if not app._stream.refusing:
+                app._stream.serve(self)
+                return
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
-        app = self.server.app
         status, payload = app._handle(self.command, self.path, self.headers, body)
         if app.latency:
             time.sleep(app.latency)

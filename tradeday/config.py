@@ -144,6 +144,28 @@ class BrokerConfig(BaseModel):
         title="Owns the account",
         description="Flatten by closing every position in the account, not just this session's",
     )
+    trade_updates: bool = Field(
+        False,
+        title="Fills from trade_updates",
+        description="Take Alpaca fills from the trade_updates stream (through the hub when "
+        "feed.source is 'hub'), polling only to reconcile; off (default): poll for fills",
+    )
+    trade_updates_url: str | None = Field(
+        None,
+        title="trade_updates URL",
+        description="Override the stream URL (default: alpaca_url's /stream, or the hub's "
+        "/stream when feed.source is 'hub')",
+    )
+
+    @field_validator("trade_updates_url")
+    @classmethod
+    def _websocket_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("ws://", "wss://")):
+            raise ValueError(
+                f"{value!r} is not a websocket URL: use wss://host/stream (or ws:// for a "
+                "local server), or leave it empty for the default"
+            )
+        return value
 
 
 class RiskLimits(BaseModel):

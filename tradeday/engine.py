@@ -46,6 +46,12 @@ _NEVER = 2**63  # stop time of an engine that has none
 _AUCTIONS = (TimeInForce.OPG, TimeInForce.CLS)
 
 
+def order_prefix(run_id: str) -> str:
+    """What every ``client_order_id`` of a run starts with: the broker, recovery and the
+    hub's trade-update routing tell a run's orders from the account's others by it."""
+    return f"{run_id}-"
+
+
 class EventError(RuntimeError):
     """Handling a market event raised: most often a bug in the model, named in the message."""
 
@@ -311,7 +317,7 @@ class Engine:
 
     def _send(self, order: Order, purpose: str) -> str:
         self._seq += 1
-        coid = f"{self.run_id}-{self._seq}"
+        coid = f"{order_prefix(self.run_id)}{self._seq}"
         row = OrderRecord(
             coid,
             self.run_id,

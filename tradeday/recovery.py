@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 
 from tradeday.book import Book, Position
 from tradeday.brokers.base import Broker, BrokerOrder, ExecType, OrderHistory
+from tradeday.engine import order_prefix
 from tradeday.events import MINUTE_NS, NS_PER_S, Side
 from tradeday.journal import replay_journal
 from tradeday.ledger import Ledger, RunRow
@@ -257,7 +258,7 @@ def _sync_from_broker(
     replayed: int | None,
 ) -> int:
     """Bring the ledger's orders and fills of ``run`` up to the broker's; returns the changes."""
-    prefix = f"{run.run_id}-"
+    prefix = order_prefix(run.run_id)
     at_broker = broker.orders_of(prefix, run.started_ns)
     for order in at_broker:
         if order.working:

@@ -26,6 +26,7 @@ from tradeday import outcome, wiring
 from tradeday.brokers.base import AccountCloser, BrokerError, OrderHistory, left_at_broker
 from tradeday.config import SessionConfig
 from tradeday.decode import Decoder
+from tradeday.engine import order_prefix
 from tradeday.events import Bar, SessionWindow, ns_to_datetime
 from tradeday.feed import StreamFeed
 from tradeday.journal import Journal
@@ -276,7 +277,7 @@ class TradingSession:
         if left:
             self._fail(f"NOT FLAT after {FLATTEN_TIMEOUT_S:.0f} s: {left}")
         elif isinstance(self.broker, OrderHistory) and (
-            stray := left_at_broker(self.broker, f"{self.run_id}-", self.started_ns)
+            stray := left_at_broker(self.broker, order_prefix(self.run_id), self.started_ns)
         ):
             self._fail(f"the broker still has this session's {stray}")
         if self._no_data():

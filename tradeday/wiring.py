@@ -9,6 +9,7 @@ Nothing here does I/O: brokers connect in ``start``, sources in ``open``.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from dataclasses import dataclass
 
@@ -17,8 +18,9 @@ from models.base import overrides
 from tradeday.book import Book
 from tradeday.brokers.base import Broker
 from tradeday.brokers.simulated import SimulatedBroker
+from tradeday.brokers.trade_updates import StreamEndpoint, stream_url
 from tradeday.config import SessionConfig
-from tradeday.engine import Engine
+from tradeday.engine import Engine, order_prefix
 from tradeday.events import MINUTE_NS, SessionWindow
 from tradeday.risk import RiskGate
 from tradeday.sources import SOURCES
@@ -51,8 +53,38 @@ def account_of(config: SessionConfig, credentials: Credentials | None) -> str:
     return f"{config.broker.alpaca_url}#{digest}"
 
 
-def make_broker(config: SessionConfig, credentials: Credentials | None) -> Broker:
-    """The configured broker, not yet started (no connection, no account check)."""
+def trade_updates_endpoint(
+    config: SessionConfig, credentials: Credentials, prefix: str | None
+) -> StreamEndpoint | None:
+    """Where an Alpaca session listens to ``trade_updates``: the hub's stream when its feed
+    comes from the hub (the account's one connection; the keys stay in the hub, the session
+    names its ``client_order_id`` prefix), else Alpaca's own next to ``alpaca_url``."""
+    b = config.broker
+    if not b.trade_updates:
+        return None
+    if config.feed.source != "hub":
+        url = b.trade_updates_url or stream_url(b.alpaca_url)
+        return StreamEndpoint(url, credentials.key_id, credentials.secret_key)
+    from tradeday.hub import DEFAULT_URL, HUB_KEY, SECRET_VAR
+
+    secret = os.environ.get(SECRET_VAR)
+    if not secret:
+        raise ValueError(
+            f"broker.trade_updates through the hub needs the hub's local credential: set "
+            f"{SECRET_VAR} (or set broker.trade_updates to false to poll for fills)"
+        )
+    url = b.trade_updates_url or stream_url(config.feed.url or DEFAULT_URL)
+    return StreamEndpoint(url, HUB_KEY, secret, prefix=prefix)
+
+
+def make_broker(
+    config: SessionConfig, credentials: Credentials | None, prefix: str | None = None
+) -> Broker:
+    """The configured broker, not yet started (no connection, no account check).
+
+    ``prefix`` is the run's ``client_order_id`` prefix: the hub routes this
+    session's trade updates by it.
+    """
     b = config.broker
     if b.kind == "simulated":
         return SimulatedBroker.from_config(b)
@@ -63,7 +95,12 @@ def make_broker(config: SessionConfig, credentials: Credentials | None) -> Broke
         )
     from tradeday.brokers.alpaca import AlpacaPaperBroker
 
-    return AlpacaPaperBroker(credentials.key_id, credentials.secret_key, base_url=b.alpaca_url)
+    return AlpacaPaperBroker(
+        credentials.key_id,
+        credentials.secret_key,
+        base_url=b.alpaca_url,
+        trade_updates=trade_updates_endpoint(config, credentials, prefix),
+    )
 
 
 HOOKS = {"t": "on_trade", "q": "on_quote", "b": "on_bar"}  # event kind -> model callback
@@ -143,7 +180,8 @@ def build(
     model = models.get(name)(config.model, config.symbols)
     book = Book(config.broker.starting_cash)
     risk = RiskGate(config.risk, book)
-    broker = broker if broker is not None else make_broker(config, credentials)
+    if broker is None:
+        broker = make_broker(config, credentials, prefix=order_prefix(run_id))
     engine = Engine(
         run_id,
         model,

@@ -5,15 +5,30 @@ thread never waits on HTTP. One worker thread sends orders in arrival order and,
 order of this broker is still working, polls Alpaca for fills. Outcomes go to
 ``executions`` as :class:`~tradeday.brokers.base.Execution` records.
 
-Fills come from **polling, not the ``trade_updates`` stream**: several sessions share one
-account and polling needs no extra connection per session, it survives restarts without a
-replay protocol, and when nothing is working it sends no requests at all. A poll lists this
-account's orders submitted since the oldest working one (``GET /v2/orders?status=all&after=``)
-and turns each increase of ``filled_qty`` into one PARTIAL_FILL or FILL. The price of that
-delta comes from the cumulative average, ``(avg1*qty1 - avg0*qty0) / (qty1 - qty0)``, computed
-on Alpaca's decimal strings so whole-order fills report exactly Alpaca's price; it is exact
-for partial fills too unless Alpaca rounded the average. Two fills landing between two polls
-arrive as one execution at their average price.
+Fills come from Alpaca's **``trade_updates`` stream** when it is configured
+(:mod:`tradeday.brokers.trade_updates`, a thread of its own: directly from Alpaca, or from
+the hub that holds the account's one connection), and from **polling**, which stays as the
+reconciliation and the fallback. Each stream event is handed to the worker thread ahead
+of the orders still queued for it and applied between two sends, always after its order's
+own POST answer, so both paths change one order's state in one thread. Polling runs every
+``poll_interval`` while an order is working and the stream is not listening; while it is,
+only every ``reconcile_interval`` (Alpaca allows 200 requests a minute per account), and
+at once when the stream comes back after a gap (Alpaca does not replay missed events) and
+when the session flushes at shutdown.
+
+A poll lists this account's orders submitted since the oldest working one
+(``GET /v2/orders?status=all&after=``) and turns each increase of ``filled_qty`` into one
+PARTIAL_FILL or FILL. The price of that delta comes from the cumulative average,
+``(avg1*qty1 - avg0*qty0) / (qty1 - qty0)``, computed on Alpaca's decimal strings so
+whole-order fills report exactly Alpaca's price; it is exact for partial fills too unless
+Alpaca rounded the average. Two fills landing between two polls arrive as one execution at
+their average price. A stream fill carries its own ``qty`` and ``price``, used as they are.
+
+Exactly once: a fill is identified by the order's cumulative ``filled_qty`` after it (and
+its ``execution_id``). Whichever path shows an increase first reports it; the other then
+shows nothing new, and an event older than what is known (a late stream message after a
+poll) is dropped. Events of orders this broker does not follow (another session's, on a
+direct connection) are ignored.
 
 Idempotence: orders carry the caller's deterministic ``client_order_id``. When Alpaca answers
 that the id already exists (a resubmit after a restart, or a retry whose first answer was
@@ -33,6 +48,7 @@ import logging
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -58,7 +74,9 @@ from tradeday.brokers.base import (
     Execution,
     Leftovers,
 )
-from tradeday.events import NS_PER_S, Side, datetime_to_ns
+from tradeday.brokers.trade_updates import StreamEndpoint, StreamStats, TradeUpdatesClient
+from tradeday.decode import parse_rfc3339_ns
+from tradeday.events import NS_PER_S, Side, datetime_to_ns, ns_to_datetime
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +104,52 @@ _ENDED = frozenset({OrderStatus.CANCELED, OrderStatus.EXPIRED, OrderStatus.REPLA
 _MAX_ORDERS_PER_PAGE = 500
 _STOP = object()
 _WAKE = object()
+_RECONCILE = object()  # poll now (the stream came back or went away, or shutdown flushes)
+_FILL_EVENTS = frozenset({"fill", "partial_fill"})
+_CHANGES = _FILL_EVENTS | {"canceled", "expired", "rejected", "replaced", "done_for_day"}
+"""trade_updates events that can change what the broker reports."""
 
 
 @dataclass(frozen=True, slots=True)
 class _CancelRequest:
     client_order_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    """The fields of a trade update's order that :meth:`AlpacaPaperBroker._apply` reads,
+    parsed without building alpaca-py's whole ``Order`` model for every event."""
+
+    qty: str | None
+    filled_qty: str
+    filled_avg_price: str | None
+    status: str
+    filled_at: datetime | None
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, raw: dict[str, Any]) -> _Snapshot:
+        filled_at = raw.get("filled_at")
+        return cls(
+            qty=raw.get("qty"),
+            filled_qty=str(raw["filled_qty"]),
+            filled_avg_price=raw.get("filled_avg_price"),
+            status=OrderStatus(raw["status"]).value,
+            filled_at=ns_to_datetime(parse_rfc3339_ns(filled_at)) if filled_at else None,
+            updated_at=ns_to_datetime(parse_rfc3339_ns(raw["updated_at"])),
+        )
+
+
+@dataclass
+class FillStats:
+    """Where fills came from, and the polls sent: read them any time."""
+
+    fills_from_stream: int = 0
+    fills_from_poll: int = 0
+    stream_events: int = 0
+    stale_events: int = 0
+    """Stream events that showed nothing new (already reported by a poll, or repeated)."""
+    polls: int = 0
 
 
 class AlpacaError(BrokerError):
@@ -263,12 +322,16 @@ class AlpacaPaperBroker(Broker):
         max_retries: int = 4,
         backoff: float = 0.25,
         max_backoff: float = 5.0,
+        trade_updates: StreamEndpoint | None = None,
+        reconcile_interval: float = 10.0,
     ) -> None:
         super().__init__()
         if not key_id or not secret_key:
             raise AlpacaAuthError("Alpaca key_id and secret_key are both required")
         self.base_url = base_url.rstrip("/")
         self.poll_interval = poll_interval
+        self.reconcile_interval = reconcile_interval
+        self.stats = FillStats()
         self._max_backoff = max_backoff
         self._closed = threading.Event()
         self._abort = threading.Event()
@@ -281,6 +344,40 @@ class AlpacaPaperBroker(Broker):
         self._unconfirmed: dict[str, BrokerOrder] = {}
         self._queue: SimpleQueue[object] = SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="alpaca-broker", daemon=True)
+        self._stream = (
+            None
+            if trade_updates is None
+            else TradeUpdatesClient(
+                trade_updates,
+                self._on_stream_event,
+                lambda _listening: self._queue.put(_RECONCILE),
+                name="alpaca-trade-updates",
+            )
+        )
+        self._seen_executions: set[str] = set()
+        self._updates: deque[dict[str, Any]] = deque()
+
+    def _on_stream_event(self, data: dict[str, Any]) -> None:
+        """Stream thread: hand the event to the worker ahead of the orders queued for it.
+
+        ``new``, ``accepted`` and the ``pending_*`` events change nothing the POST answer
+        did not say already: they are counted and dropped here, off the worker.
+        """
+        if data.get("event") not in _CHANGES:
+            self.stats.stream_events += 1
+            return
+        self._updates.append(data)
+        self._queue.put(_WAKE)
+
+    @property
+    def stream_stats(self) -> StreamStats | None:
+        """The trade_updates connection's counters (connects, drops, events); None if off."""
+        return None if self._stream is None else self._stream.stats
+
+    @property
+    def streaming(self) -> bool:
+        """Whether fills are arriving through ``trade_updates`` now (else polling alone)."""
+        return self._stream is not None and self._stream.listening
 
     def start(self) -> None:
         """Check the keys and the account, then start the worker that sends and follows."""
@@ -293,6 +390,8 @@ class AlpacaPaperBroker(Broker):
             self._worker_api.close()
             raise
         self._thread.start()
+        if self._stream is not None:
+            self._stream.start()
 
     def __repr__(self) -> str:
         return f"AlpacaPaperBroker(base_url={self.base_url!r}, working={len(self._working)})"
@@ -308,6 +407,10 @@ class AlpacaPaperBroker(Broker):
     def cancel_order(self, client_order_id: str, now: int) -> None:
         """Queued for the worker, behind the order itself if that is not sent yet."""
         self._queue.put(_CancelRequest(client_order_id))
+
+    def flush(self, now: int) -> None:
+        """Shutdown is settling: reconcile by polling now rather than wait for the stream."""
+        self._queue.put(_RECONCILE)
 
     def positions(self) -> dict[str, int]:
         held = self._sync("GET /v2/positions", lambda c: c.get_all_positions())
@@ -344,6 +447,8 @@ class AlpacaPaperBroker(Broker):
         if self._closed.is_set():
             return
         self._closed.set()
+        if self._stream is not None:
+            self._stream.stop()
         self._queue.put(_STOP)
         if self._thread.ident is not None:  # started
             self._thread.join(timeout)
@@ -480,19 +585,28 @@ class AlpacaPaperBroker(Broker):
                 item = self._queue.get(timeout=wait)
             except Empty:
                 item = None
+            was_busy = self._busy()
             if item is _STOP:
                 return
             if isinstance(item, BrokerOrder):
                 self._send(item)
             elif isinstance(item, _CancelRequest):
                 self._request_cancel(item.client_order_id)
+            elif item is _RECONCILE:
+                next_poll = 0.0
+            while self._updates:  # between two sends, never behind the orders still queued
+                self._on_update(self._updates.popleft())
+            if self.streaming and not was_busy and self._busy():
+                # the stream reports this order's fate; the poll only reconciles, later
+                next_poll = max(next_poll, time.monotonic() + self.reconcile_interval)
             if self._busy() and time.monotonic() >= next_poll:
                 try:
                     failures = 0 if self._poll() else failures + 1
                 except Exception:  # never let one bad answer end fill reporting
                     log.exception("alpaca poll failed")
                     failures += 1
-                pause = min(self.poll_interval * 2**failures, self._max_backoff)
+                interval = self.reconcile_interval if self.streaming else self.poll_interval
+                pause = min(interval * 2**failures, max(interval, self._max_backoff))
                 next_poll = time.monotonic() + pause
 
     def _busy(self) -> bool:
@@ -574,6 +688,7 @@ class AlpacaPaperBroker(Broker):
 
     def _poll(self) -> bool:
         """One round of fill detection; False when Alpaca could not be asked."""
+        self.stats.polls += 1
         with self._lock:
             working = {self._tracked[c].broker_order_id: self._tracked[c] for c in self._working}
             unconfirmed = list(self._unconfirmed.values())
@@ -648,6 +763,38 @@ class AlpacaPaperBroker(Broker):
             self._unconfirmed.pop(cid, None)
             self._follow(found, baseline=False)
 
+    def _on_update(self, data: dict[str, Any]) -> None:
+        """Apply one ``trade_updates`` event to the order it names, if it shows anything new."""
+        self.stats.stream_events += 1
+        raw = data.get("order") or {}
+        cid = raw.get("client_order_id")
+        event = data.get("event")
+        execution_id = data.get("execution_id")
+        with self._lock:
+            tracked = self._tracked.get(cid) if isinstance(cid, str) else None
+            if tracked is None:
+                return  # not this broker's order (another session's, on a direct connection)
+            filled = _decimal(raw.get("filled_qty"))
+            if (
+                cid not in self._working  # ended already: a poll saw it first
+                or execution_id in self._seen_executions
+                or filled < tracked.filled_qty  # older than what a poll showed
+                or (event in _FILL_EVENTS and filled == tracked.filled_qty)  # polled already
+            ):
+                self.stats.stale_events += 1
+                return
+            try:
+                order = _Snapshot.of(raw)
+            except (KeyError, TypeError, ValueError, ArithmeticError) as err:
+                log.warning("trade update for %s not understood (%s); polling covers it", cid, err)
+                return
+            if execution_id:
+                self._seen_executions.add(execution_id)
+            exact = None
+            if event in _FILL_EVENTS and data.get("qty") and data.get("price"):
+                exact = (_decimal(data["qty"]), _decimal(data["price"]))
+            self._apply(tracked, order, exact=exact, from_stream=True)
+
     # ----------------------------------------------------------------- bookkeeping
 
     def _follow(self, order: Order, baseline: bool) -> _Tracked:
@@ -681,14 +828,30 @@ class AlpacaPaperBroker(Broker):
         self._apply(tracked, order)
         return tracked
 
-    def _apply(self, tracked: _Tracked, order: Order) -> None:
-        """Turn what changed since the last look into executions (caller holds the lock)."""
+    def _apply(
+        self,
+        tracked: _Tracked,
+        order: Order | _Snapshot,
+        exact: tuple[Decimal, Decimal] | None = None,
+        from_stream: bool = False,
+    ) -> None:
+        """Turn what changed since the last look into executions (caller holds the lock).
+
+        ``exact`` is a stream fill's own (qty, price): used when it is the whole change.
+        """
         qty = _decimal(order.filled_qty)
         avg = _decimal(order.filled_avg_price)
         status = OrderStatus(order.status)
         if qty > tracked.filled_qty:
             delta = qty - tracked.filled_qty
-            price = (avg * qty - tracked.filled_avg * tracked.filled_qty) / delta
+            if exact is not None and exact[0] == delta:
+                price = exact[1]
+            else:
+                price = (avg * qty - tracked.filled_avg * tracked.filled_qty) / delta
+            if from_stream:
+                self.stats.fills_from_stream += 1
+            else:
+                self.stats.fills_from_poll += 1
             done = status is OrderStatus.FILLED
             kind = ExecType.FILL if done else ExecType.PARTIAL_FILL
             at = order.filled_at if done and order.filled_at else order.updated_at

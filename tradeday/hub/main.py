@@ -21,9 +21,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from tradeday.brokers.alpaca import PAPER_URL
+from tradeday.brokers.trade_updates import StreamEndpoint, stream_url
 from tradeday.feed import ENDPOINTS
 from tradeday.hub.recorder import Recorder
 from tradeday.hub.server import DEFAULT_PORT, SECRET_VAR, Hub
+from tradeday.hub.trade_updates import TradeUpdatesRelay
 
 log = logging.getLogger("tradeday.hub")
 
@@ -44,6 +47,13 @@ def parser() -> argparse.ArgumentParser:
         help="another Alpaca-compatible stream instead of --feed (a rehearsal: "
         "`tradeday replay-server`, with its key and secret in APCA_API_KEY_ID/APCA_API_SECRET_KEY)",
     )
+    p.add_argument(
+        "--trading-url",
+        help="the Alpaca trading API whose trade_updates stream the hub shares at /stream "
+        "(default: Alpaca paper, https://paper-api.alpaca.markets, unless --upstream-url "
+        "is given; a rehearsal names its trading test server here)",
+    )
+    p.add_argument("--no-trade-updates", action="store_true", help="share no trade_updates")
     p.add_argument(
         "--host", default="127.0.0.1", help="listen address (loopback unless --allow-remote)"
     )
@@ -104,6 +114,12 @@ def main(argv: Sequence[str], credentials: Callable[[], Any]) -> int:
     )
     logging.getLogger("websockets").setLevel(logging.WARNING)  # a line per connection
     url = args.upstream_url or ENDPOINTS[args.feed]
+    trading_url = args.trading_url or (None if args.upstream_url else PAPER_URL)
+    trade_updates = (
+        None
+        if args.no_trade_updates or trading_url is None
+        else StreamEndpoint(stream_url(trading_url), keys.key_id, keys.secret_key)
+    )
     try:
         hub = Hub(
             url,
@@ -118,6 +134,7 @@ def main(argv: Sequence[str], credentials: Callable[[], Any]) -> int:
             max_pending=args.max_pending,
             retry_refused_s=args.retry_refused_s,
             recorder=None if args.no_record else Recorder(args.record_dir, args.record_every_s),
+            trade_updates=trade_updates,
         )
     except ValueError as exc:
         sys.exit(f"tradeday hub: {exc}")
@@ -156,4 +173,14 @@ def heartbeat(hub: Hub) -> str:
         f"upstream_connects={up.connects} upstream_losses={s.upstream_losses} "
         f"refused={up.refused} symbols={sum(len(v) for v in union.values())}"
         + (f" recorded={hub.recorder.stats.rows}" if hub.recorder is not None else "")
+        + (trade_updates_beat(hub.trade_updates) if hub.trade_updates is not None else "")
+    )
+
+
+def trade_updates_beat(relay: TradeUpdatesRelay) -> str:
+    s, up = relay.stats, relay.upstream
+    return (
+        f" trade_updates={'listening' if up.listening else 'down'} "
+        f"trade_update_sessions={len(relay.listeners)} routed={s.routed} "
+        f"unrouted={s.unrouted} trade_update_drops={up.stats.drops}"
     )

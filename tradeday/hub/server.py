@@ -22,6 +22,10 @@ JSON or msgpack), authenticated with a local credential. The Alpaca keys stay he
   rehearsals end like a direct replay.
 - **Recording.** With a :class:`~tradeday.hub.recorder.Recorder`, every upstream event is
   also written for replay, off the loop (see that module).
+- **Trade updates.** With ``trade_updates`` (the account's Alpaca ``trade_updates``
+  endpoint), the hub also holds that one connection and serves it at ``/stream`` on the
+  same port, each order's events to the session whose ``client_order_id`` prefix it
+  carries (:mod:`tradeday.hub.trade_updates`). Every other path is the market data.
 - **Fatal upstream errors** (402 keys, 409 plan, 406 beyond the retry window): the hub
   closes its sessions and stops; :attr:`Hub.failure` says why, and the supervisor
   (systemd) restarts it.
@@ -40,8 +44,11 @@ from typing import Any
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from tradeday.brokers.trade_updates import StreamEndpoint
 from tradeday.feed import END_OF_REPLAY, StreamFeed
 from tradeday.hub.recorder import Recorder
+from tradeday.hub.trade_updates import PATH as TRADE_UPDATES_PATH
+from tradeday.hub.trade_updates import TradeUpdatesRelay
 from tradeday.hub.upstream import Frame, Router
 from tradeday.replay.protocol import (
     CHANNELS,
@@ -146,6 +153,7 @@ class Hub(StreamServer):
         stale_after_s: float = 60.0,
         recorder: Recorder | None = None,
         seed: int | None = None,
+        trade_updates: StreamEndpoint | None = None,
     ) -> None:
         if not secret:
             raise ValueError(f"the hub needs a local secret for its sessions ({SECRET_VAR})")
@@ -191,6 +199,18 @@ class Hub(StreamServer):
         self.upstream_confirmed: dict[str, list[str]] = {name: [] for name in CHANNELS}
         """The upstream's last subscription reply: what it really carries."""
         self._closing: set[asyncio.Task[None]] = set()
+        self.trade_updates = (
+            None
+            if trade_updates is None
+            else TradeUpdatesRelay(
+                trade_updates,
+                key=key,
+                secret=secret,
+                auth_timeout=auth_timeout,
+                backoff_base=backoff_base,
+                backoff_cap=backoff_cap,
+            )
+        )
 
     def __repr__(self) -> str:
         return f"Hub({self.url!r}, sessions={len(self._routes)})"
@@ -234,6 +254,8 @@ class Hub(StreamServer):
         """Start the upstream (and recorder), watch it go silent; stop them with the hub."""
         if self.recorder is not None:
             self.recorder.start()
+        if self.trade_updates is not None:
+            self.trade_updates.start(asyncio.get_running_loop())
         self.upstream.start()
         threading.Thread(target=self._watch_upstream, name="hub-upstream", daemon=True).start()
         try:
@@ -245,6 +267,8 @@ class Hub(StreamServer):
                     self.upstream.force_reconnect(f"upstream silent for {silent:.0f} s")
         finally:
             await asyncio.to_thread(self.upstream.stop)
+            if self.trade_updates is not None:
+                await asyncio.to_thread(self.trade_updates.stop)
             if self.recorder is not None:
                 await asyncio.to_thread(self.recorder.stop)
 
@@ -373,6 +397,13 @@ class Hub(StreamServer):
             self._forget(session)
 
     # -- sessions -------------------------------------------------------------------------
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        path = ws.request.path.split("?")[0] if ws.request else ""
+        if self.trade_updates is not None and path == TRADE_UPDATES_PATH:
+            await self.trade_updates.handle(ws)
+        else:
+            await super()._handle(ws)
 
     def _connection(self, ws: ServerConnection, fmt: Format) -> _Session:
         session = _Session(ws, fmt)
