@@ -23,7 +23,7 @@ from types import FrameType
 DEFAULT_PORT = 4200
 """Prefect's own default, so ``tradeday demo`` finds the server; any free port if taken."""
 SERVED = "Your deployments are being served"
-STARTUP_TIMEOUT_S = 180.0
+STARTUP_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 40.0
 
 
