@@ -285,7 +285,7 @@ def test_live_view_during_a_slowed_replay_then_cancel_from_the_ui(
         for heading in ("Symbol", "Position", "Unrealized", "Net", "Fills", "Ticks", "Last frame"):
             expect(page.get_by_role("columnheader", name=heading, exact=True)).to_be_visible()
         expect(page.get_by_role("cell", name="ES", exact=True)).to_be_visible()
-        expect(page.get_by_text(f"{DAY} volume_modulo · running")).to_be_visible()
+        expect(page.get_by_role("heading", name=f"{DAY} volume_modulo · running")).to_be_visible()
         page.screenshot(path=str(SHOTS / "4-session-live.png"), full_page=True)
         running = api.get(f"/flow_runs/{run_id}").json()["state_type"]
 
