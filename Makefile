@@ -1,6 +1,7 @@
 # Two commands set everything up on a fresh clone with only python3, git and make:
 #   make demo   a full offline session (replay server, simulated broker, local files)
 #   make test   lint, format check and the whole test suite (what .ci/run runs)
+#   make ui     the Prefect UI: a Prefect server and the deployments served on it (Ctrl-C stops)
 #   make sql    the DuckDB report in the DuckDB shell, read-only (docs/reports.md)
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -9,7 +10,7 @@ STAMP  := $(VENV)/.synced-stamp
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: demo test lint format bench clean chromium sql
+.PHONY: demo test lint format bench clean chromium sql ui
 
 $(STAMP): pyproject.toml uv.lock
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -20,6 +21,10 @@ $(STAMP): pyproject.toml uv.lock
 
 demo: $(STAMP)
 	$(VENV)/bin/tradeday demo
+
+# PREFECT_HOME (default data/prefect) and PREFECT_SERVER_API_PORT (default 4200 if free) apply
+ui: $(STAMP)
+	$(VENV)/bin/tradeday ui
 
 # REPORT=path for another report file; quit with .quit (an open shell defers sessions' reports)
 REPORT ?= data/reports.duckdb

@@ -11,7 +11,7 @@ import tempfile
 import time
 from base64 import b64encode
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,15 +163,15 @@ def run_prefect_server(home: Path, port: int | None = None, **env: str) -> Itera
 
 
 @contextmanager
-def run_tradeday_serve(server: PrefectServer, cwd: Path) -> Iterator[subprocess.Popen]:
-    """``tradeday serve`` against ``server``; stopped before the server.
+def run_tradeday_serve(server: PrefectServer, cwd: Path, *args: str) -> Iterator[subprocess.Popen]:
+    """``tradeday serve [args]`` against ``server``; stopped before the server.
 
     No ``PREFECT_RUNNER_POLL_FREQUENCY``: serve's own one-second poll (deployments.POLL_SECONDS)
     is what starts the runs here, as for users."""
     log = cwd / "serve.log"
     t0 = time.monotonic()
     proc = subprocess.Popen(
-        [str(BIN / "tradeday"), "serve"],
+        [str(BIN / "tradeday"), "serve", *args],
         env={k: v for k, v in server.env.items() if k != "PREFECT_RUNNER_POLL_FREQUENCY"},
         cwd=cwd,
         stdout=log.open("w"),
@@ -204,11 +204,41 @@ def serve_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("serve")
 
 
+class Serving:
+    """The shared ``tradeday serve``, restartable (the browser test restarts it)."""
+
+    def __init__(self, server: PrefectServer, cwd: Path) -> None:
+        self.server = server
+        self.cwd = cwd
+        self._running = ExitStack()
+
+    def start(self) -> None:
+        self._running.enter_context(run_tradeday_serve(self.server, self.cwd))
+
+    def stop(self) -> None:
+        self._running.close()
+
+    def restart(self) -> None:
+        self.stop()
+        self._running = ExitStack()
+        self.start()
+
+
 @pytest.fixture(scope="session")
-def served(prefect_server: PrefectServer, serve_dir: Path) -> Iterator[PrefectServer]:
+def serving(prefect_server: PrefectServer, serve_dir: Path) -> Iterator[Serving]:
+    """``tradeday serve`` of prefect.yaml's deployments on ``prefect_server``."""
+    serving = Serving(prefect_server, serve_dir)
+    serving.start()
+    try:
+        yield serving
+    finally:
+        serving.stop()
+
+
+@pytest.fixture(scope="session")
+def served(serving: Serving) -> PrefectServer:
     """The deployments of prefect.yaml served by ``tradeday serve`` on ``prefect_server``."""
-    with run_tradeday_serve(prefect_server, serve_dir):
-        yield prefect_server
+    return serving.server
 
 
 @pytest.fixture(scope="session")

@@ -148,6 +148,12 @@ def test_a_served_replay_prints_no_error_and_no_traceback(
             "config.model.quantity",
             "-5 is less than the minimum of 1",
         ),
+        (
+            {"name": "volume_modulo", "foo": 1},
+            "config.model.foo",
+            "1 should not be valid under {'description': 'not a field of the volume_modulo model, "
+            "whose fields are: name, sell_modulus, buy_modulus, quantity'}",
+        ),
     ],
 )
 def test_invalid_parameters_are_refused_before_a_run_exists(

@@ -73,6 +73,26 @@ def test_an_unknown_model_lists_the_valid_names(schema):
     )
 
 
+@pytest.mark.parametrize(
+    ("model", "field"),
+    [
+        ({"name": "volume_modulo", "foo": 1}, "foo"),
+        ({"name": "ma_crossover", "quantity": 3}, "quantity"),  # another model's field
+        ({"name": "volume_modulo", "quantity": -5, "foo": 1}, "foo"),
+    ],
+)
+def test_an_unknown_field_of_a_named_model_is_named_with_the_valid_fields(schema, model, field):
+    name = model["name"]
+    (own,) = [c for c in models.params_classes() if c.model_fields["name"].default == name]
+    assert prefect_refusal(schema, model) == (
+        f"Validation failed for field 'config.model.{field}'. Failure reason: "
+        f"{model[field]!r} should not be valid under {{'description': 'not a field of the "
+        f"{name} model, whose fields are: {', '.join(own.model_fields)}'}}"
+    )
+    with pytest.raises(ValueError, match=field):  # pydantic agrees
+        SessionConfig.model_validate({"model": model})
+
+
 def test_every_model_with_its_defaults_and_its_own_params_passes(schema):
     for cls in models.params_classes():
         assert prefect_refusal(schema, cls().model_dump(mode="json")) == ""

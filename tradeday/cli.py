@@ -575,12 +575,23 @@ def serve(
         int | None,
         typer.Option(help="Max concurrent flow runs; default no limit.", show_default=False),
     ] = None,
+    prefect_yaml: Annotated[
+        Path | None,
+        typer.Option(
+            help="The deployments file; default the repository's prefect.yaml.",
+            show_default=False,
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
 ) -> None:
     """Serve every deployment in prefect.yaml from this process until Ctrl-C.
 
     Needs a running Prefect server and PREFECT_API_URL pointing at it, e.g.
     `prefect server start` in one terminal, then
-    PREFECT_API_URL=http://127.0.0.1:4200/api tradeday serve in another (docs/operations.md).
+    PREFECT_API_URL=http://127.0.0.1:4200/api tradeday serve in another (docs/operations.md);
+    or `tradeday ui` (make ui) for both. Parameter edits made in the UI survive a restart
+    unless the deployment's prefect.yaml entry changed since.
     """
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -593,7 +604,39 @@ def serve(
         )
     import deployments
 
-    deployments.serve(limit=limit)
+    deployments.serve(limit=limit, path=prefect_yaml or deployments.PREFECT_YAML)
+
+
+@app.command()
+def ui(
+    port: Annotated[
+        int | None,
+        typer.Option(
+            envvar="PREFECT_SERVER_API_PORT",
+            help="Port on 127.0.0.1; default 4200 if free, else any free port.",
+            show_default=False,
+        ),
+    ] = None,
+    prefect_yaml: Annotated[
+        Path | None,
+        typer.Option(
+            help="The deployments file; default the repository's prefect.yaml.",
+            show_default=False,
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
+) -> None:
+    """The Prefect UI with tradeday's deployments, in one command (make ui).
+
+    Starts a Prefect server on 127.0.0.1 (its home PREFECT_HOME, default data/prefect),
+    serves the deployments and automations on it (tradeday serve), prints the UI's URL, and
+    stops both on Ctrl-C or SIGTERM.
+    """
+    from deployments.ui import run_ui
+
+    home = Path(os.environ.get("PREFECT_HOME") or "data/prefect").resolve()
+    raise typer.Exit(run_ui(port, home, prefect_yaml.resolve() if prefect_yaml else None))
 
 
 def _days_option(value: str | None, flag: str) -> date | None:

@@ -64,8 +64,12 @@ class ModelFieldSchema:
     each branch refuses the *other* models' names at its own level instead (``if`` name is
     another model's, ``then: false``), which leaves the chosen model's bad field the
     deepest error; and an ``enum`` of every name beside the ``anyOf`` makes an unknown
-    model fail with the valid names listed. The ``anyOf`` itself stays: the UI's one tab
-    per model depends on it (docs/architecture.md).
+    model fail with the valid names listed. A named model's unknown field fails one level
+    deeper, at the field, saying whose fields are valid: its ``not`` sits in the branch's
+    ``else`` (the name is its own), so the other branches, refused by ``then: false``, add no
+    tie at that depth; ``additionalProperties: false`` stays for the form and nameless
+    configs. The ``anyOf`` itself stays: the UI's one tab per model depends on it
+    (docs/architecture.md).
     """
 
     def __get_pydantic_json_schema__(
@@ -78,9 +82,21 @@ class ModelFieldSchema:
             form_bounds(branch)
             own = branch["properties"]["name"].pop("const")
             others = [name for name in names if name != own]
+            fields = ", ".join(branch["properties"])
+            unknown = {"description": f"not a field of the {own} model, whose fields are: {fields}"}
+            own_fields_only = {
+                "if": {"required": ["name"]},
+                "then": {
+                    "properties": dict.fromkeys(branch["properties"], True),
+                    "additionalProperties": {"not": unknown},
+                },
+            }
             if others:
                 branch["if"] = {"properties": {"name": {"enum": others}}, "required": ["name"]}
                 branch["then"] = False
+                branch["else"] = own_fields_only
+            else:
+                branch.update(own_fields_only)
         return {**schema, "properties": {"name": {"enum": names}}}
 
 
