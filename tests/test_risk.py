@@ -7,6 +7,7 @@ Time is tick time: the rate limit is tested with timestamps, never with sleeping
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from datetime import date
 from typing import Any
@@ -226,6 +227,57 @@ def test_kill_switch_flattens_at_once_and_stops_the_model():
     assert eng.risk.check(buy("A", 1), 94.0, 7) == (
         "halted: max_daily_loss: net -51.00 is below -50.00"
     )
+
+
+class CountedChecks(RiskGate):
+    """A real gate that counts its loss checks."""
+
+    checks = 0
+
+    def check_loss(self) -> bool:
+        self.checks += 1
+        return super().check_loss()
+
+
+class EveryCheck(CountedChecks):
+    """The loss checked at every move of a held price: no safe ranges, as before them."""
+
+    def _set_safe_marks(self, net: float) -> None:
+        self.safe_marks.clear()
+
+
+@pytest.mark.parametrize("max_daily_loss", [5.0, 37.5, 200.0, 1_000.0])
+def test_safe_mark_ranges_skip_only_loss_checks_that_could_not_trip(max_daily_loss):
+    """Long A, short B, prices random-walking against both: the kill switch trips at the
+    very tick, with the very flatten, as when every held-price move is checked."""
+    rng = random.Random(19)
+    prices = {"A": 100.0, "B": 50.0}
+    ticks: list[tuple[int, float, str]] = [(1, 100.0, "A"), (2, 50.0, "B")]
+    for ts in range(3, 4_000):
+        symbol = rng.choice("AB")
+        step = rng.choice((-0.25, -0.25, 0.25)) * (1 if symbol == "A" else -1)
+        prices[symbol] += step
+        ticks.append((ts, prices[symbol], symbol))
+    results = []
+    for gate_class in (EveryCheck, CountedChecks):
+        book = Book(1e9)
+        gate = gate_class(RiskLimits(**{**LOOSE, "max_daily_loss": max_daily_loss}), book)
+        script = {1: [buy("A", 10), sell("B", 20)], 40: [buy("A", 5)]}
+        eng = Engine(
+            "r1", Scripted(script), SimulatedBroker(1e9), gate, book, model_name="scripted"
+        )
+        play(eng, ticks)
+        assert eng.stop_requested.is_set()  # tripped, somewhere in the walk
+        sent, refused = outcome(eng)
+        results.append((sent, refused, eng.model.asked, eng.book.realized, gate.checks))
+    (sent, refused, asked, realized, every), (*with_ranges, ranged) = results
+    assert with_ranges == [sent, refused, asked, realized]
+    trip = refused[-1][0]
+    assert refused[-1][4].startswith("kill switch: max_daily_loss")
+    assert [s[0] for s in sent[-2:]] == [trip, trip]  # both legs flattened at the trip
+    assert ranged < every  # the ranges did skip checks
+    if trip > 200:
+        assert ranged * 4 < every
 
 
 def test_every_refusal_reaches_the_ledger_with_its_reason(tmp_path):

@@ -52,6 +52,22 @@ def order_prefix(run_id: str) -> str:
     return f"{run_id}-"
 
 
+class _Kinds(dict[type, str]):
+    """Event class to ``t``, ``q`` or ``b``, learnt on first sight.
+
+    One dict look-up per event: ``isinstance`` against a msgspec Struct class goes through
+    its metaclass's ``__instancecheck__``, twice the cost, on every event.
+    """
+
+    def __missing__(self, cls: type) -> str:
+        kind = "t" if issubclass(cls, Trade) else "q" if issubclass(cls, Quote) else "b"
+        self[cls] = kind
+        return kind
+
+
+_KINDS = _Kinds()
+
+
 class EventError(RuntimeError):
     """Handling a market event raised: most often a bug in the model, named in the message."""
 
@@ -134,6 +150,8 @@ class Engine:
         broker = self.broker
         executions = broker.executions
         model = self.model
+        safe = self.risk.safe_marks
+        kinds = _KINDS
         with self._lock:
             clock = self.clock
             next_minute = self._next_minute_ns
@@ -152,13 +170,18 @@ class Engine:
                             next_minute = self._next_minute_ns
                     counted += 1
                     symbol = ev.symbol
-                    if isinstance(ev, Trade):
+                    kind = kinds[type(ev)]
+                    if kind == "t":
                         price = ev.price
                         pos = positions.get(symbol)
                         if marks.get(symbol) != price:
                             marks[symbol] = price
+                            # only a held price moves net P&L, and within its safe range
+                            # it cannot trip the kill switch
                             if pos is not None and pos.qty:
-                                self._net_moved = True  # only a held price moves net P&L
+                                band = safe.get(symbol)
+                                if band is None or not band[0] <= price <= band[1]:
+                                    self._net_moved = True
                         broker.on_trade(ev)
                         if executions or self._net_moved:
                             self._drain()
@@ -166,7 +189,7 @@ class Engine:
                         if self.halt_pending:
                             continue  # the kill switch tripped: no more model orders today
                         orders = model.on_trade(ev, pos.qty if pos is not None else 0)
-                    elif isinstance(ev, Quote):
+                    elif kind == "q":
                         broker.on_quote(ev)
                         if executions or self._net_moved:
                             self._drain()
@@ -181,7 +204,9 @@ class Engine:
                         if marks.get(symbol) != price:
                             marks[symbol] = price
                             if pos is not None and pos.qty:
-                                self._net_moved = True
+                                band = safe.get(symbol)
+                                if band is None or not band[0] <= price <= band[1]:
+                                    self._net_moved = True
                         broker.on_bar(ev)
                         if executions or self._net_moved:
                             self._drain()
@@ -342,7 +367,8 @@ class Engine:
                 order.qty,
                 self.clock,
                 order.limit_price,
-                TimeInForce(order.tif),  # a model may have given the plain string
+                # a model may have given the plain string; the enum's call costs a microsecond
+                tif if (tif := order.tif).__class__ is TimeInForce else TimeInForce(tif),
             )
         )
         return coid

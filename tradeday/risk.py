@@ -22,6 +22,9 @@ from tradeday.config import RiskLimits
 from tradeday.events import MINUTE_NS, Order, TimeInForce
 
 _TIME_IN_FORCE = tuple(TimeInForce)
+_INF = float("inf")
+_ROUNDING_MARGIN = 1e-9
+"""Of the P&L's scale, kept back from the headroom: float sums err by ~1e-16 of it."""
 
 
 class RiskGate:
@@ -34,6 +37,8 @@ class RiskGate:
         # set by the session from its ledger writer: past the limit, nothing may open
         self.ledger_outage_s = 0.0
         self._recent: deque[int] = deque()
+        # held symbol -> (lowest, highest) mark at which a loss check cannot trip; none: check
+        self.safe_marks: dict[str, tuple[float, float]] = {}
 
     def check(self, order: Order, price: float, ts: int) -> str | None:
         """``None`` to accept (and count the order for the rate limit), else why not."""
@@ -109,12 +114,41 @@ class RiskGate:
         self.pending[symbol] = self.pending.get(symbol, 0) - signed_unfilled
 
     def check_loss(self) -> bool:
-        """Trip the kill switch when the day's net loss passes the limit; True when it trips now."""
-        if self.halted_reason is None and self.book.net() < -self.limits.max_daily_loss:
+        """Trip the kill switch when the day's net loss passes the limit; True when it trips now.
+
+        When it does not trip, :attr:`safe_marks` is set for the marks of now.
+        """
+        if self.halted_reason is not None:
+            return False
+        net = self.book.net()
+        if net < -self.limits.max_daily_loss:
             self.halted_reason = (
-                f"max_daily_loss: net {self.book.net():,.2f} is below "
-                f"-{self.limits.max_daily_loss:,.2f}"
+                f"max_daily_loss: net {net:,.2f} is below -{self.limits.max_daily_loss:,.2f}"
             )
             self.counts["max_daily_loss"] = 1
             return True
+        self._set_safe_marks(net)
         return False
+
+    def _set_safe_marks(self, net: float) -> None:
+        """Per held symbol, the range its mark may move in without the loss check tripping.
+
+        Each held symbol may lose an equal share of the headroom left (less a margin far
+        above float rounding), so while every mark stays in its range no check could trip,
+        and the engine skips it (a check per held-price move was a third of its per-trade
+        cost). Valid until the next fill, after which the engine checks again anyway.
+        """
+        limit = self.limits.max_daily_loss
+        book = self.book
+        held = [
+            (s, p.qty, book.marks.get(s, p.avg_price)) for s, p in book.positions.items() if p.qty
+        ]
+        scale = limit + abs(net) + sum(abs(qty * mark) for _, qty, mark in held)
+        share = (net + limit - scale * _ROUNDING_MARGIN) / max(len(held), 1)
+        self.safe_marks.clear()
+        if share > 0:
+            for symbol, qty, mark in held:
+                floor_or_ceiling = mark - share / qty
+                self.safe_marks[symbol] = (
+                    (floor_or_ceiling, _INF) if qty > 0 else (-_INF, floor_or_ceiling)
+                )
