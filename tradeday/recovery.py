@@ -74,6 +74,7 @@ class Recovered:
     synced: int = 0
     left: dict[str, int] = field(default_factory=dict)
     carried: dict[str, int] = field(default_factory=dict)
+    returned: dict[str, int] = field(default_factory=dict)
 
 
 def _process_alive(pid: int) -> bool:
@@ -148,7 +149,15 @@ def _recover_run(
         orders[change.client_order_id].apply(change)
     fills += batch.fills
 
+    # a position it took up and never traded goes back to the ledger as it was: the
+    # night it was carried for has not ended (its next open was never reached)
+    traded = {f.symbol for f in fills}
     carried_in = ledger.carried(taken_run_id=run.run_id)
+    returned = [c for c in carried_in if c.symbol not in traded]
+    carried_in = [c for c in carried_in if c.symbol in traded]
+    for c in returned:
+        c.status, c.taken_run_id, c.taken_ns, c.open_price = CarryStatus.OPEN, None, None, None
+        c.message = f"taken up by {run.run_id}, which crashed before trading it; open again"
     book = _book(fills, carried_in)
     prices = {**{c.symbol: c.mark for c in carried_in}, **latest_prices(rows, fills)}
     attempts: dict[str, int] = {}
@@ -176,8 +185,14 @@ def _recover_run(
     batch = Batch(
         positions=[_position(run, s, p, prices[s], now) for s, p in book.positions.items()]
     )
+    batch.positions += [  # what it gave back is no longer its position
+        PositionRecord(run.run_id, c.symbol, run.model, 0, 0.0, c.mark, 0.0, 0.0, now)
+        for c in returned
+        if c.symbol not in book.positions
+    ]
+    batch.carried = returned
     if hold:  # what its model may hold overnight is carried, not sold (docs/operations.md)
-        batch.carried = [
+        batch.carried += [
             CarriedRecord(
                 carry_id=f"{run.run_id}/{symbol}",
                 model=run.model,
@@ -197,6 +212,7 @@ def _recover_run(
         ]
         rec.carried = {c.symbol: c.qty for c in batch.carried}
     ledger.write(batch, run.run_id)
+    rec.returned = {c.symbol: c.qty for c in returned}
     rec.left = {s: q for s, q in book.open_positions().items() if s not in rec.carried}
     message = f"crashed; recovered by {by}"
     if rec.synced:
@@ -204,6 +220,8 @@ def _recover_run(
     message += f"; closed {rec.closed or 'nothing'}"
     if rec.carried:
         message += f"; carried for the next session {rec.carried}"
+    if returned:
+        message += f"; gave back, untraded, { ({c.symbol: c.qty for c in returned}) }"
     if rec.left:
         message += f"; STILL OPEN {rec.left}"
     ledger.set_status([run.run_id], "crashed", message, time.time_ns())

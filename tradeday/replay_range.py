@@ -45,7 +45,7 @@ def plan(config: SessionConfig, first: date, last: date) -> RangePlan:
     missing = [d.day.isoformat() for d in days if d.day not in have]
     if missing:
         raise ConfigError(
-            f"first/last: {where} has no data for {', '.join(missing)}; "
+            f"first/last: no recorded data for {', '.join(missing)} in {where}; "
             f"recorded days: {', '.join(sorted(d.isoformat() for d in have)) or 'none'}"
         )
     return RangePlan(days, closed)

@@ -1,0 +1,276 @@
+"""Positions held overnight across real sessions, through the ledger.
+
+Real trading-session flow runs (Prefect test harness) replaying the bundled January-2023
+bars, a real SQLite ledger, the real DuckDB report, and a real SIGKILL of a session
+process. Each night's P&L is computed here straight from the Parquet recording.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from datetime import date
+from itertools import pairwise
+
+import pandas as pd
+import pytest
+from conftest import wait_until
+from sqlalchemy import create_engine, text
+
+from flows.replay_range import replay_range_flow
+from flows.session import trading_session
+from tradeday import recording
+from tradeday.calendar import session_window
+from tradeday.config import ConfigError, parse_session_config
+from tradeday.ledger import Ledger
+from tradeday.records import CarryStatus
+from tradeday.replay.server import ReplayServer
+from tradeday.replay_range import plan
+from tradeday.report import open_report
+from tradeday.sources import REPLAY_KEY
+
+SHARES = 10
+DAYS = [date(2023, 1, d) for d in (11, 12, 13, 17, 18)]  # 14-15 a weekend, 16 MLK Day
+
+
+def bars(symbol: str = "AAPL") -> pd.DataFrame:
+    table = pd.read_parquet(recording.bundled(DAYS[0]), columns=["ts", "symbol", "open", "close"])
+    return table[table["symbol"] == symbol].sort_values("ts")
+
+
+def official(day: date, frame: pd.DataFrame) -> tuple[float, float]:
+    """(open, close) of a session from its bars: the first bar's open at or after the open,
+    the last bar's close among those that end by the close. Independent of tradeday's code."""
+    w = session_window(day)
+    inside = frame[(frame["ts"] >= w.open_ns) & (frame["ts"] + 60 * 10**9 <= w.close_ns)]
+    return float(inside["open"].iloc[0]), float(inside["close"].iloc[-1])
+
+
+def config(paths: dict[str, str], **feed) -> dict:
+    return {
+        "model": {"name": "buy_close_sell_open", "close_shares": SHARES},
+        "symbols": ["AAPL"],
+        "close_buffer_minutes": 0,  # the cls order fills at the close (docs/models.md)
+        "feed": feed,
+        **paths,
+    }
+
+
+def report_rows(path: str, sql: str) -> list[tuple]:
+    con = open_report(path)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def test_buy_close_sell_open_holds_each_night_through_the_ledger_and_the_report(
+    prefect_harness, session_paths
+):
+    raw = config(session_paths)
+    day1 = trading_session(config=parse_session_config(raw), session_date=DAYS[0])
+    assert (day1["status"], day1["carried"], day1["final_positions"]) == (
+        "completed",
+        {"AAPL": SHARES},
+        {"AAPL": SHARES},
+    )
+
+    # between the sessions: the ledger holds it for the model's next session, at the close
+    frame = bars()
+    _, close1 = official(DAYS[0], frame)
+    with Ledger(raw["ledger_url"]) as ledger:
+        (held,) = ledger.carried()
+    assert (held.status, held.model, held.account, held.symbol, held.qty) == (
+        CarryStatus.OPEN,
+        "buy_close_sell_open",
+        "simulated",
+        "AAPL",
+        SHARES,
+    )
+    assert held.from_run_id == day1["run_id"] and held.taken_run_id is None
+    assert held.cost == pytest.approx(close1) and held.mark == pytest.approx(close1)
+    assert report_rows(
+        raw["report_path"], "SELECT session_id, symbol, qty, close_mark, status FROM carried"
+    ) == [(day1["run_id"], "AAPL", SHARES, pytest.approx(close1), "open")]
+
+    # the rest of the range through the replay-range flow: each day takes up the last one's
+    state = replay_range_flow(
+        first=DAYS[1], last=DAYS[-1], config=parse_session_config(raw), return_state=True
+    )
+    data = state.result()
+    assert data["closed"] == {"2023-01-16": "Dr. Martin Luther King Jr. Day"}
+    sessions = [day1, *data["sessions"]]
+    assert [s["session_date"] for s in sessions] == [d.isoformat() for d in DAYS]
+    assert all(s["status"] == "completed" and s["carried"] == {"AAPL": SHARES} for s in sessions)
+
+    expected = []
+    for before, after in pairwise(DAYS):
+        open_next = official(after, frame)[0]
+        close = official(before, frame)[1]
+        expected.append((before, after, SHARES, close, open_next, SHARES * (open_next - close)))
+    nights = report_rows(
+        raw["report_path"],
+        "SELECT session_date, next_date, qty, close_mark, open_price, overnight_pnl "
+        "FROM overnight_pnl ORDER BY session_date",
+    )
+    assert nights == [tuple(pytest.approx(v) for v in row) for row in expected]
+    with Ledger(raw["ledger_url"]) as ledger:
+        carried = ledger.carried()
+        for row, nxt in zip(carried, sessions[1:], strict=False):
+            assert (row.status, row.taken_run_id) == (CarryStatus.TAKEN, nxt["run_id"])
+        assert carried[-1].status is CarryStatus.OPEN  # the last night is still ahead
+        # each day sold exactly what it took up, at the open, and bought again at the close
+        for session, day in zip(sessions[1:], DAYS[1:], strict=True):
+            fills = [(f.side, f.qty, f.price) for f in ledger.fills(session["run_id"])]
+            opening, closing = official(day, frame)
+            assert fills == [
+                ("sell", SHARES, pytest.approx(opening)),
+                ("buy", SHARES, pytest.approx(closing)),
+            ]
+    total = sum(n[-1] for n in expected)
+    ((net, overnight, count, sessions_n),) = report_rows(
+        raw["report_path"],
+        "SELECT net, overnight_pnl, nights, sessions FROM multi_day_summary "
+        "WHERE model = 'buy_close_sell_open'",
+    )
+    assert (net, overnight, count, sessions_n) == (
+        pytest.approx(total),
+        pytest.approx(total),
+        4,
+        5,
+    )
+    tifs = report_rows(raw["report_path"], "SELECT DISTINCT side, tif FROM orders ORDER BY side")
+    assert tifs == [("buy", "cls"), ("sell", "opg")]
+
+
+def test_a_cancelled_session_holds_nothing_overnight(prefect_harness, session_paths):
+    """A model stopped early has not reached its close: it ends flat (docs/operations.md)."""
+    from tradeday.session import TradingSession
+
+    cfg = parse_session_config(config(session_paths))
+    session = TradingSession(cfg, session_window(DAYS[0]))
+    session.start()
+    result = session.shutdown("cancelled", "stopped by TerminationSignal")
+    session.close()
+    assert (result.carried, result.final_positions) == ({}, {})
+    with Ledger(cfg.ledger_url) as ledger:
+        assert ledger.carried() == []
+
+
+def test_a_range_is_checked_before_it_runs(session_paths):
+    cfg = parse_session_config(config(session_paths))
+    with pytest.raises(ConfigError, match="last: 2023-01-11 is before first"):
+        plan(cfg, DAYS[1], DAYS[0])
+    with pytest.raises(ConfigError, match="no recorded data for 2023-01-31, 2023-02-01 in the bundled recordings"):
+        plan(cfg, DAYS[-1], date(2023, 2, 1))
+    live = parse_session_config({**config(session_paths), "feed": {"source": "iex"}})
+    with pytest.raises(ConfigError, match=r"config\.feed\.source: a range replays recorded days"):
+        plan(live, DAYS[0], DAYS[1])
+    (mlk,) = plan(cfg, DAYS[1], DAYS[-1]).closed
+    assert (mlk.day, mlk.reason) == (date(2023, 1, 16), "Dr. Martin Luther King Jr. Day")
+
+
+@pytest.mark.slow
+def test_sigkill_before_the_next_open_is_recovered_without_selling_twice(
+    prefect_harness, session_paths, tmp_path
+):
+    """Day 2's session takes up the position and sends its opening sell, then is killed
+    before the open: the next start gives the position back, untraded, and the rerun
+    sells it once, at the open."""
+    from prefect.settings import PREFECT_API_URL
+
+    raw = config(session_paths)
+    day1 = trading_session(config=parse_session_config(raw), session_date=DAYS[0])
+    assert day1["carried"] == {"AAPL": SHARES}
+
+    # day 2 served by the test: a 09:29 bar first, then the session's bars a minute apart in
+    # real time, so the killed run waits for its open with the opg sell at the broker
+    w = session_window(DAYS[1])
+    frame = pd.read_parquet(recording.bundled(DAYS[1]))
+    frame = frame[(frame["symbol"] == "AAPL") & (frame["ts"] >= w.open_ns)]
+    frame = frame[frame["ts"] < w.close_ns].head(3)
+    early = frame.head(1).assign(ts=w.open_ns - 60 * 10**9)
+    served = tmp_path / "day2.parquet"
+    recording.write(pd.concat([early, frame]), served)
+    killed_raw = {**raw, "feed": {"recording": str(served)}}
+    with ReplayServer(
+        served, speed=1.0, start_ns=w.open_ns - 60 * 10**9, key=REPLAY_KEY, secret=REPLAY_KEY
+    ) as server:
+        killed_raw["feed"]["url"] = server.url
+        path = tmp_path / "day2.json"
+        path.write_text(json.dumps(killed_raw))
+        env = {
+            **os.environ,
+            "PREFECT_API_URL": PREFECT_API_URL.value(),
+            "PREFECT_HOME": str(tmp_path),
+        }
+        log = tmp_path / "day2.log"
+        cmd = [
+            sys.executable,
+            "-m",
+            "tradeday.cli",
+            "run",
+            "--config",
+            str(path),
+            "--date",
+            "2023-01-12",
+        ]
+        proc = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+        try:
+            wait_until(lambda: _opg_sent(raw["ledger_url"]), 180, "the killed run's opg sell")
+            proc.send_signal(signal.SIGKILL)
+            assert proc.wait(timeout=30) == -signal.SIGKILL
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    with Ledger(raw["ledger_url"]) as ledger:
+        (killed,) = [r for r in ledger.runs() if r.session_date == "2023-01-12"]
+        assert killed.status == "running" and ledger.fills(killed.run_id) == []
+        (held,) = ledger.carried()
+        assert (held.status, held.taken_run_id) == (CarryStatus.TAKEN, killed.run_id)
+
+    rerun = trading_session(config=parse_session_config(raw), session_date=DAYS[1])
+    assert rerun["status"] == "completed"
+    opening = official(DAYS[1], bars())[0]
+    close1 = official(DAYS[0], bars())[1]
+    with Ledger(raw["ledger_url"]) as ledger:
+        crashed = ledger.run(killed.run_id)
+        assert (
+            crashed.status == "crashed" and "gave back, untraded, {'AAPL': 10}" in crashed.message
+        )
+        assert [p.qty for p in ledger.positions(killed.run_id)] == [0]
+        sells = [
+            (f.run_id, f.qty, f.price)
+            for r in ledger.runs()
+            for f in ledger.fills(r.run_id)
+            if f.side == "sell"
+        ]
+        assert sells == [(rerun["run_id"], SHARES, pytest.approx(opening))]  # sold once
+        first = ledger.carried(from_run_id=day1["run_id"])[0]
+        assert (first.status, first.taken_run_id) == (CarryStatus.TAKEN, rerun["run_id"])
+    assert report_rows(raw["report_path"], "SELECT taken_by, overnight_pnl FROM overnight_pnl") == [
+        (rerun["run_id"], pytest.approx(SHARES * (opening - close1)))
+    ]
+
+
+def _opg_sent(url: str) -> bool:
+    """Whether the ledger holds a 2023-01-12 run's opg order yet (0 before its tables exist)."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as con:
+            return bool(
+                con.execute(
+                    text(
+                        "SELECT count(*) FROM orders o JOIN runs r USING (run_id) "
+                        "WHERE r.session_date = '2023-01-12' AND o.tif = 'opg'"
+                    )
+                ).scalar_one()
+            )
+    except Exception:  # tables not created yet
+        return False
+    finally:
+        engine.dispose()
