@@ -23,10 +23,20 @@ from sqlalchemy import create_engine, text
 from flows.replay_range import replay_range_flow
 from flows.session import trading_session
 from tradeday import recording
+from tradeday.brokers.simulated import SimulatedBroker
 from tradeday.calendar import session_window
 from tradeday.config import ConfigError, parse_session_config
-from tradeday.ledger import Ledger
-from tradeday.records import CarryStatus
+from tradeday.events import Side, TimeInForce
+from tradeday.ledger import SCHEMA_VERSION, Ledger, schema_version
+from tradeday.records import (
+    Batch,
+    CarryStatus,
+    FillRecord,
+    MarkRecord,
+    OrderRecord,
+    OrderStatus,
+)
+from tradeday.recovery import close_carried, recover
 from tradeday.replay.server import ReplayServer
 from tradeday.replay_range import plan
 from tradeday.report import open_report
@@ -164,7 +174,9 @@ def test_a_range_is_checked_before_it_runs(session_paths):
     cfg = parse_session_config(config(session_paths))
     with pytest.raises(ConfigError, match="last: 2023-01-11 is before first"):
         plan(cfg, DAYS[1], DAYS[0])
-    with pytest.raises(ConfigError, match="no recorded data for 2023-01-31, 2023-02-01 in the bundled recordings"):
+    with pytest.raises(
+        ConfigError, match="no recorded data for 2023-01-31, 2023-02-01 in the bundled recordings"
+    ):
         plan(cfg, DAYS[-1], date(2023, 2, 1))
     live = parse_session_config({**config(session_paths), "feed": {"source": "iex"}})
     with pytest.raises(ConfigError, match=r"config\.feed\.source: a range replays recorded days"):
@@ -274,3 +286,126 @@ def _opg_sent(url: str) -> bool:
         return False
     finally:
         engine.dispose()
+
+
+# -- the ledger and recovery, without sessions ----------------------------------------------
+
+RUN = "td-20230111-0000dead"
+CLOSE_NS = 1_673_470_740_000_000_000  # 2023-01-11 15:59 ET, the crashed run's last bar
+
+
+def crashed_run(ledger: Ledger, params: dict) -> None:
+    """A replayed buy_close_sell_open run whose process is gone, holding 15 AAPL at 130."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    ledger.start_run(
+        run_id=RUN,
+        session_date="2023-01-11",
+        model="buy_close_sell_open",
+        params={"name": "buy_close_sell_open", **params},
+        symbols=["AAPL"],
+        feed="replay",
+        broker="simulated",
+        account="simulated",
+        started_ns=CLOSE_NS,
+        heartbeat_ns=CLOSE_NS,
+        pid=dead.pid,
+    )
+    ledger.write(
+        Batch(
+            new_orders=[
+                OrderRecord(
+                    f"{RUN}-1",
+                    RUN,
+                    "buy_close_sell_open",
+                    "AAPL",
+                    Side.BUY,
+                    15,
+                    CLOSE_NS,
+                    OrderStatus.FILLED,
+                    filled_qty=15,
+                    avg_fill_price=130.0,
+                    tif=TimeInForce.CLS,
+                )
+            ],
+            fills=[
+                FillRecord(
+                    RUN,
+                    "buy_close_sell_open",
+                    f"{RUN}-1",
+                    "AAPL",
+                    Side.BUY,
+                    15,
+                    130.0,
+                    0.0,
+                    CLOSE_NS,
+                )
+            ],
+            marks=[MarkRecord(RUN, "AAPL", CLOSE_NS, 131.0)],
+        ),
+        RUN,
+    )
+
+
+def test_recovery_carries_what_the_model_may_hold_and_sells_only_the_rest(tmp_path):
+    with Ledger(f"sqlite:///{tmp_path / 'l.sqlite'}") as ledger:
+        crashed_run(ledger, {"close_shares": 10, "max_overnight_position": 10})
+        (rec,) = recover(ledger, SimulatedBroker(), "simulated", by="a test")
+        assert (rec.closed, rec.carried, rec.left) == ({"AAPL": -5}, {"AAPL": 10}, {})
+        (sold,) = [f for f in ledger.fills(RUN) if f.side == "sell"]
+        assert (sold.qty, sold.price) == (5, 131.0)  # the excess, at the latest mark
+        (held,) = ledger.carried()
+        assert (held.carry_id, held.status, held.qty, held.cost, held.mark) == (
+            f"{RUN}/AAPL",
+            CarryStatus.OPEN,
+            10,
+            130.0,
+            131.0,
+        )
+        run = ledger.run(RUN)
+        assert (
+            run.status == "crashed" and "carried for the next session {'AAPL': 10}" in run.message
+        )
+        # flatten-now leaves it; with include_carried it is closed, once
+        assert close_carried(ledger, SimulatedBroker(), "simulated", by="a test") == {"AAPL": -10}
+        assert close_carried(ledger, SimulatedBroker(), "simulated", by="a test") == {}
+        (held,) = ledger.carried()
+        assert (held.status, held.message) == (CarryStatus.CLOSED, "closed by a test")
+        closes = [(o.client_order_id, o.qty, o.status) for o in ledger.orders(RUN)]
+        assert closes[-1] == (f"{RUN}-uncarry-AAPL", 10, OrderStatus.FILLED)
+        assert sum(f.signed_qty for f in ledger.fills(RUN)) == 0
+
+
+def test_a_model_that_may_not_hold_is_flattened_whole(tmp_path):
+    with Ledger(f"sqlite:///{tmp_path / 'l.sqlite'}") as ledger:
+        crashed_run(ledger, {"close_shares": 10, "max_overnight_position": 0})
+        (rec,) = recover(ledger, SimulatedBroker(), "simulated", by="a test")
+        assert (rec.closed, rec.carried) == ({"AAPL": -15}, {})
+        assert ledger.carried() == []
+
+
+def test_a_version_1_ledger_is_migrated_in_place(tmp_path):
+    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+    engine = create_engine(url)
+    with engine.begin() as con:  # the orders table as schema version 1 had it
+        con.execute(text("CREATE TABLE runs (run_id VARCHAR(64) PRIMARY KEY)"))
+        con.execute(
+            text(
+                "CREATE TABLE orders (client_order_id VARCHAR(64) PRIMARY KEY, run_id VARCHAR(64),"
+                " model VARCHAR(64), symbol VARCHAR(32), side VARCHAR(4), qty INTEGER,"
+                " limit_price FLOAT, ts BIGINT, status VARCHAR(16), filled_qty INTEGER,"
+                " avg_fill_price FLOAT, reason VARCHAR(500), purpose VARCHAR(16), tag VARCHAR(64))"
+            )
+        )
+        con.execute(
+            text(
+                "INSERT INTO orders VALUES ('r-1', 'r', 'm', 'ES', 'buy', 1, NULL, 1, 'filled',"
+                " 1, 1.0, '', 'model', '')"
+            )
+        )
+    engine.dispose()
+    with Ledger(url) as ledger:
+        assert schema_version(ledger.engine) == SCHEMA_VERSION == 2
+        (order,) = ledger.orders("r")
+        assert order.tif is TimeInForce.DAY  # what every order before version 2 was
+        assert ledger.carried() == []
