@@ -22,7 +22,9 @@ from sqlalchemy import create_engine, text
 
 from flows.replay_range import replay_range_flow
 from flows.session import trading_session
+from tests.alpaca_server import AlpacaTestServer
 from tradeday import recording
+from tradeday.brokers.alpaca import AlpacaPaperBroker
 from tradeday.brokers.simulated import SimulatedBroker
 from tradeday.calendar import session_window
 from tradeday.config import ConfigError, parse_session_config
@@ -30,6 +32,7 @@ from tradeday.events import Side, TimeInForce
 from tradeday.ledger import SCHEMA_VERSION, Ledger, schema_version
 from tradeday.records import (
     Batch,
+    CarriedRecord,
     CarryStatus,
     FillRecord,
     MarkRecord,
@@ -41,6 +44,7 @@ from tradeday.replay.server import ReplayServer
 from tradeday.replay_range import plan
 from tradeday.report import open_report
 from tradeday.sources import REPLAY_KEY
+from tradeday.wiring import Credentials, account_of
 
 SHARES = 10
 DAYS = [date(2023, 1, d) for d in (11, 12, 13, 17, 18)]  # 14-15 a weekend, 16 MLK Day
@@ -409,3 +413,71 @@ def test_a_version_1_ledger_is_migrated_in_place(tmp_path):
         (order,) = ledger.orders("r")
         assert order.tif is TimeInForce.DAY  # what every order before version 2 was
         assert ledger.carried() == []
+
+
+def test_closing_a_carried_position_outside_hours_is_queued_not_flat(tmp_path):
+    """Alpaca queues an order placed while the market is closed for the next open: the
+    carried row says so, no session takes it up meanwhile, and a later pass confirms it."""
+    key, secret = "fake-key-overnight-1", "overnight-test-secret"
+    with (
+        AlpacaTestServer(
+            key_id=key,
+            secret_key=secret,
+            fill_price={"AAPL": 135.5},
+            allow_short=True,
+            is_open=False,
+        ) as server,
+        Ledger(f"sqlite:///{tmp_path / 'l.sqlite'}") as ledger,
+    ):
+        cfg = parse_session_config({"broker": {"kind": "alpaca", "alpaca_url": server.url}})
+        account = account_of(cfg, Credentials(key, secret))
+        ledger.start_run(
+            run_id=RUN,
+            session_date="2023-01-11",
+            model="buy_close_sell_open",
+            params={},
+            symbols=["AAPL"],
+            feed="iex",
+            broker="alpaca",
+            account=account,
+            status="completed",
+            started_ns=CLOSE_NS,
+            heartbeat_ns=CLOSE_NS,
+        )
+        held = CarriedRecord(
+            f"{RUN}/AAPL",
+            "buy_close_sell_open",
+            "alpaca",
+            account,
+            "AAPL",
+            10,
+            130.0,
+            131.0,
+            RUN,
+            "2023-01-11",
+            CLOSE_NS,
+        )
+        ledger.write(Batch(carried=[held]), RUN)
+
+        def close() -> dict[str, int]:
+            broker = AlpacaPaperBroker(key, secret, base_url=server.url)
+            try:
+                return close_carried(ledger, broker, account, by="a test", timeout_s=2.0)
+            finally:
+                broker.close()
+
+        assert close() == {}
+        (row,) = ledger.carried()
+        assert row.status is CarryStatus.QUEUED
+        assert row.message == f"flatten queued for the next open ({RUN}-uncarry-AAPL), by a test"
+        assert ledger.take_carried("buy_close_sell_open", "alpaca", account, "r2", 0) == []
+        assert close() == {}  # still queued: not sent again
+        assert [o["client_order_id"] for o in server.orders] == [f"{RUN}-uncarry-AAPL"]
+
+        server.open_market()
+        assert close() == {"AAPL": -10}
+        (row,) = ledger.carried()
+        assert (row.status, row.message) == (CarryStatus.CLOSED, "closed by a test")
+        assert [(f.side, f.qty, f.price) for f in ledger.fills(RUN)] == [("sell", 10, 135.5)]
+        (order,) = ledger.orders(RUN)
+        assert (order.status, order.filled_qty) == (OrderStatus.FILLED, 10)

@@ -135,11 +135,14 @@ class PositionRecord(msgspec.Struct, gc=False):
 
 class CarryStatus(StrEnum):
     """Where a position held overnight is: waiting for its model's next session, taken up by
-    it, or closed without it (``flatten-now --include-carried``)."""
+    it, closed without it (``flatten-now --include-carried``), or its close sent while the
+    market is closed and queued at the broker for the next open (not flat yet, and no
+    session takes it up)."""
 
     OPEN = "open"
     TAKEN = "taken"
     CLOSED = "closed"
+    QUEUED = "queued"
 
 
 class CarriedRecord(msgspec.Struct):

@@ -241,38 +241,69 @@ def close_carried(
 
     Each is closed with an offsetting market order of the run that carried it, named
     ``<run_id>-uncarry-<symbol>``; a close that was sent before (found at the broker) is
-    not sent again. The carried row is then ``closed``. Returns symbol -> quantity closed.
+    not sent again. Filled, the carried row is ``closed``. Still working at the broker when
+    the wait ends (Alpaca queues an order placed outside hours for the next open), it is
+    ``queued``: not flat, and no session takes it up; a later call confirms the fill.
+    Returns symbol -> quantity closed by this call.
     """
     deadline = time.monotonic() + timeout_s
     closed: dict[str, int] = {}
-    for row in ledger.carried(account=account, status=CarryStatus.OPEN):
+    for row in ledger.carried(account=account):
         run = ledger.run(row.from_run_id)
-        if run is None or run.broker != broker.name:
+        if row.status not in (CarryStatus.OPEN, CarryStatus.QUEUED) or run is None:
+            continue
+        if run.broker != broker.name:
             continue
         broker.start()
         coid = f"{row.from_run_id}-uncarry-{row.symbol}"
         now = time.time_ns() if run.feed != "replay" else row.carried_ns
-        batch = _offset(
-            broker,
-            run,
-            {coid: (row.symbol, row.qty)},
-            {row.symbol: row.mark},
-            now,
-            f"held overnight; closed by {by}",
-            deadline,
-        )
+        if row.status is CarryStatus.QUEUED:
+            batch, working = _confirm_queued(broker, run, coid, row, now)
+        else:
+            batch = _offset(
+                broker,
+                run,
+                {coid: (row.symbol, row.qty)},
+                {row.symbol: row.mark},
+                now,
+                f"held overnight; closed by {by}",
+                deadline,
+            )
+            working = any(o.status.is_open for o in batch.new_orders)
         filled = sum(f.qty for f in batch.fills)
-        row.status = CarryStatus.CLOSED if filled == abs(row.qty) else CarryStatus.OPEN
-        row.message = (
-            f"closed by {by}"
-            if row.status is CarryStatus.CLOSED
-            else (f"{by}: {filled} of {abs(row.qty)} closed; still carried")
-        )
+        if filled == abs(row.qty):
+            row.status, row.message = CarryStatus.CLOSED, f"closed by {by}"
+        elif working:
+            if row.status is CarryStatus.QUEUED:
+                continue  # still waiting for the open: nothing changed
+            row.status = CarryStatus.QUEUED
+            row.message = f"flatten queued for the next open ({coid}), by {by}"
+        else:
+            row.status = CarryStatus.OPEN
+            row.message = f"{by}: the close {coid} did not fill; still carried"
         batch.carried = [row]
         ledger.write(batch, run.run_id)
-        closed[row.symbol] = closed.get(row.symbol, 0) - (filled if row.qty > 0 else -filled)
-        log.warning("%s: carried %s %s of %s %s", by, row.symbol, row.qty, run.run_id, row.message)
+        if filled:
+            closed[row.symbol] = closed.get(row.symbol, 0) + (-filled if row.qty > 0 else filled)
+        log.warning("%s: carried %s %s of %s: %s", by, row.symbol, row.qty, run.run_id, row.message)
     return closed
+
+
+def _confirm_queued(
+    broker: Broker, run: RunRow, coid: str, row: CarriedRecord, now: int
+) -> tuple[Batch, bool]:
+    """What became of a close queued at the broker: its fill and the order's new state as a
+    batch for the run, and whether it is still working."""
+    state = broker.find_order(coid)
+    if state is None or state.kind in (ExecType.ACCEPTED, ExecType.PARTIAL_FILL):
+        return Batch(), True
+    if state.kind is not ExecType.FILL:
+        update = OrderUpdate(coid, OrderStatus(state.kind.value), 0, 0.0, state.reason)
+        return Batch(order_updates=[update]), False
+    side = Side.SELL if row.qty > 0 else Side.BUY
+    fill = _fill(run, coid, row.symbol, side, state.qty, state.price, state.fee, now)
+    update = OrderUpdate(coid, OrderStatus.FILLED, state.qty, state.price, "filled at the open")
+    return Batch(order_updates=[update], fills=[fill]), False
 
 
 def _offset(
