@@ -50,6 +50,9 @@ def recover_crashed_runs(
             except Exception as exc:
                 emit(RECOVERY_FAILED, account_resource(account), {"by": by, "error": repr(exc)})
                 raise
+            confirmed = close_carried(ledger, broker, account, by=by, queued_only=True)
+            if confirmed:
+                logger.warning("closes queued for the open have filled: %s", confirmed)
             for rec in done:
                 logger.warning(
                     "recovered crashed run %s: closed %s", rec.run_id, rec.closed or "nothing"

@@ -236,8 +236,10 @@ def close_carried(
     *,
     by: str = "flatten-now",
     timeout_s: float = 10.0,
+    queued_only: bool = False,
 ) -> dict[str, int]:
-    """Close every position carried overnight on this account and not yet taken up.
+    """Close every position carried overnight on this account and not yet taken up
+    (``queued_only``: only confirm the closes already queued at the broker).
 
     Each is closed with an offsetting market order of the run that carried it, named
     ``<run_id>-uncarry-<symbol>``; a close that was sent before (found at the broker) is
@@ -250,7 +252,8 @@ def close_carried(
     closed: dict[str, int] = {}
     for row in ledger.carried(account=account):
         run = ledger.run(row.from_run_id)
-        if row.status not in (CarryStatus.OPEN, CarryStatus.QUEUED) or run is None:
+        wanted = (CarryStatus.QUEUED,) if queued_only else (CarryStatus.OPEN, CarryStatus.QUEUED)
+        if row.status not in wanted or run is None:
             continue
         if run.broker != broker.name:
             continue
