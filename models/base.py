@@ -127,11 +127,14 @@ class Model(Generic[P]):
         return NO_ORDERS
 
 
-def overnight_allowance(params: ModelParams) -> int:
+def overnight_allowance(params: ModelParams | Mapping[str, Any]) -> int:
     """The position per symbol a model may hold past its session's end (0: it ends flat).
 
-    A model declares it with a ``max_overnight_position`` field in its params.
+    A model declares it with a ``max_overnight_position`` field in its params; ``params``
+    may also be their dict as the ledger keeps them (a run's ``params``).
     """
+    if isinstance(params, Mapping):
+        return int(params.get("max_overnight_position", 0) or 0)
     return int(getattr(params, "max_overnight_position", 0))
 
 

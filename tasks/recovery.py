@@ -13,7 +13,8 @@ from tasks.events import RECOVERY, RECOVERY_FAILED, account_resource, emit, reso
 from tradeday.brokers.base import AccountCloser
 from tradeday.config import SessionConfig
 from tradeday.ledger import Ledger
-from tradeday.recovery import recover
+from tradeday.records import CarryStatus
+from tradeday.recovery import close_carried, recover
 from tradeday.report_delivery import deliver_report
 from tradeday.wiring import Credentials, account_of, make_broker
 
@@ -53,6 +54,9 @@ def recover_crashed_runs(
                     {"by": by, "reason": f"{type(exc).__name__}: {exc}"},
                 )
                 raise
+            confirmed = close_carried(ledger, broker, account, by=by, queued_only=True)
+            if confirmed:
+                logger.warning("closes queued for the open have filled: %s", confirmed)
             for rec in done:
                 logger.warning(
                     "recovered crashed run %s: closed %s", rec.run_id, rec.closed or "nothing"
@@ -119,6 +123,28 @@ def set_final_state(flow_run_id: str, status: str, message: str) -> bool:
             "flow run %s not marked %s: %s: %s", flow_run_id, status, type(exc).__name__, exc
         )
         return False
+
+
+@task(name="close-carried", cache_policy=NO_CACHE)
+def close_carried_positions(
+    config: SessionConfig, credentials: Credentials | None
+) -> dict[str, int]:
+    """Close the positions held overnight on this account (``flatten-now --include-carried``),
+    and rewrite the report of each run that carried one."""
+    logger = get_run_logger()
+    broker = make_broker(config, credentials)
+    with Ledger(config.ledger_url) as ledger:
+        account = account_of(config, credentials)
+        runs = {c.from_run_id for c in ledger.carried(account=account, status=CarryStatus.OPEN)}
+        try:
+            closed = close_carried(ledger, broker, account, by="flatten-now --include-carried")
+        finally:
+            broker.close()
+    for run_id in sorted(runs):
+        delivery = deliver_report(config.ledger_url, run_id, config.report_path)
+        logger.info("run %s: %s", run_id, delivery.message())
+    logger.warning("closed positions held overnight: %s", closed or "none were held")
+    return closed
 
 
 @task(name="close-account", cache_policy=NO_CACHE)

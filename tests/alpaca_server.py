@@ -20,6 +20,8 @@ of it in ``manual`` mode, half in ``partial`` mode); ``opg`` and ``cls`` orders 
 their auction, which a test runs with :meth:`AlpacaTestServer.auction`: each fills whole at
 the fill price, a limit the price does not reach is canceled. Alpaca's submission cutoffs
 for auction orders (09:28 and 15:50 ET) are not checked here: the server has no calendar.
+Outside hours (``is_open=False``) orders are accepted and queued, as Alpaca queues them
+for the next open; :meth:`AlpacaTestServer.open_market` opens it and fills them.
 ``fill_price`` is read at each fill and order check: a dict the test may change between
 fills, or a function of the symbol. A symbol it does not know is refused as an unknown asset.
 
@@ -300,6 +302,14 @@ class AlpacaTestServer:
             fill_at = self._lookup_price(order.symbol) if price is None else Decimal(str(price))
             self._fill(order, qty, fill_at)
 
+    def open_market(self) -> None:
+        """The next open: the clock says open, and the orders queued while closed fill."""
+        with self._book.lock:
+            self.is_open = True
+            for order in list(self._book.orders.values()):
+                if order.status in _OPEN and order.time_in_force not in ("opg", "cls"):
+                    self._auto_fill(order, self._lookup_price(order.symbol))
+
     def auction(self, time_in_force: Literal["opg", "cls"]) -> None:
         """Run the opening (``opg``) or closing (``cls``) auction for every order waiting for it."""
         with self._book.lock:
@@ -487,6 +497,8 @@ class AlpacaTestServer:
     def _auto_fill(self, order: _Order, price: Decimal) -> None:
         if order.time_in_force in ("opg", "cls"):
             return  # waits for its auction
+        if not self.is_open:
+            return  # queued for the next open
         if self.fill_mode != "manual" and self._marketable(order, price):
             if self.fill_mode == "partial" and order.qty > 1:
                 self._fill(order, order.qty // 2, price)

@@ -55,7 +55,14 @@ def session_paths(tmp_path: Path) -> dict[str, str]:
 
 BIN = Path(sys.executable).parent
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
-DEPLOYMENTS = ("daily-session", "replay-day", "flatten-now", "end-of-day-report", "sweep")
+DEPLOYMENTS = (
+    "daily-session",
+    "replay-day",
+    "replay-range",
+    "flatten-now",
+    "end-of-day-report",
+    "sweep",
+)
 
 
 def free_port() -> int:

@@ -549,7 +549,8 @@ POST_CHECKS = {"models.md": check_models_walkthrough}
 
 @pytest.fixture(scope="module")
 def docs_report(prefect_harness, tmp_path_factory) -> Path:
-    """A DuckDB report written by real replayed sessions: two models on recorded ES trades."""
+    """A DuckDB report written by real replayed sessions: two models on recorded ES trades,
+    and two January-2023 days of buy_close_sell_open holding AAPL overnight."""
     import models
     from flows.session import trading_session
     from tradeday.config import parse_session_config
@@ -571,6 +572,15 @@ def docs_report(prefect_harness, tmp_path_factory) -> Path:
             }
         )
         trading_session(config=config, session_date=date(2013, 9, 3))
+    # two days of a model that holds overnight: one night for the overnight SQL
+    hold = {
+        "model": {"name": "buy_close_sell_open", "close_shares": 10},
+        "symbols": ["AAPL"],
+        "close_buffer_minutes": 0,
+        **paths,
+    }
+    for day in (date(2023, 1, 11), date(2023, 1, 12)):
+        trading_session(config=parse_session_config(hold), session_date=day)
     return out / "r.duckdb"
 
 

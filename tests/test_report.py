@@ -650,6 +650,10 @@ def test_every_sql_block_in_the_docs_runs_and_returns_rows(five_days):
     try:
         for sql in blocks:
             rows = con.execute(sql).fetchall()
+            # these five days hold nothing overnight: the overnight SQL returns rows on
+            # tests/test_docs.py's report (and test_overnight_holds.py checks the values)
+            if "overnight_pnl" in sql or "FROM carried" in sql:
+                continue
             assert rows, f"no rows from:\n{sql}"
     finally:
         con.close()
@@ -776,7 +780,10 @@ def test_a_v2_file_is_migrated_keeping_its_rows_and_the_shell_reads_it(tmp_path:
 
     open_report(path).close()
 
-    assert snapshot(path) == before  # every row kept, unchanged
+    after = snapshot(path)  # every row kept, unchanged; orders gained tif (v5), NULL here
+    assert {o[-1] for o in after["orders"]} == {None}
+    after["orders"] = [o[:-1] for o in after["orders"]]
+    assert after == before
     con = duckdb.connect(str(path), read_only=True)
     assert con.execute("SELECT value FROM meta").fetchall() == [(str(REPORT_SCHEMA_VERSION),)]
     assert report.storage_version(con) == f"{report.SHELL_STORAGE_VERSION}+"

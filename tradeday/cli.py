@@ -204,10 +204,29 @@ def demo(
     config: ConfigOpt = None,
     ledger_url: LedgerOpt = None,
     report_path: ReportOpt = None,
+    first: Annotated[
+        datetime | None,
+        day_option(
+            "--from",
+            help="First day of a range of recorded days to replay in order (with --to), "
+            "carrying what the model holds overnight; instead of --date.",
+        ),
+    ] = None,
+    last: Annotated[
+        datetime | None,
+        day_option("--to", help="Last day of the range (inclusive); with --from."),
+    ] = None,
 ) -> None:
     """Replay a recorded day offline end to end (replay server, simulated broker) and print a summary."""
     from tradeday.calendar import MarketClosed, session_window
 
+    if first or last:
+        if not (first and last) or date_:
+            sys.exit("tradeday: give --from and --to together, and no --date, to replay a range")
+        _demo_range(
+            first.date(), last.date(), model, params, symbols, config, ledger_url, report_path
+        )
+        return
     day = date_.date() if date_ else DEMO_DATE
     try:
         session_window(day)
@@ -274,6 +293,58 @@ their reports):
 """
     )
     raise typer.Exit(0 if result["status"] == "completed" and position == 0 else 1)
+
+
+def _demo_range(
+    first: date,
+    last: date,
+    model: str | None,
+    params: str | None,
+    symbols: str | None,
+    config: Path | None,
+    ledger_url: str | None,
+    report_path: str | None,
+) -> None:
+    """``demo --from --to``: the replay-range flow, then one line per day and the nights."""
+    _offline_prefect_defaults("WARNING")
+    _use_running_prefect_server()
+    session = _session_config(
+        config=config,
+        model=model,
+        params=params,
+        symbols=symbols or (DEMO_SYMBOLS_2013 if first.year == 2013 else DEMO_SYMBOLS_OTHER),
+        ledger_url=ledger_url,
+        report_path=report_path,
+    )
+    from flows.replay_range import replay_range_flow
+    from tradeday import replay_range
+    from tradeday.config import ConfigError
+    from tradeday.report import shell_command
+
+    try:
+        replay_range.plan(session, first, last)  # refuse a bad range before Prefect starts
+    except ConfigError as exc:
+        sys.exit(f"tradeday: {exc}")
+    print(
+        f"tradeday demo: replaying {first} to {last} ({','.join(session.symbols)}) with {session.model.name}…"
+    )
+    state = replay_range_flow(first=first, last=last, config=session, return_state=True)
+    result = state.result(raise_on_failure=False)
+    data = result if isinstance(result, dict) else {}
+    for day, reason in data.get("closed", {}).items():
+        print(f"  {day}  skipped: market closed ({reason})")
+    for r in data.get("sessions", []):
+        held = r["carried"] or "nothing"
+        print(
+            f"  {r['session_date']}  {r['status']:9}  net {r['net']:>12,.2f}  held overnight {held}"
+        )
+    if data.get("stopped") or not state.is_completed():
+        print(f"stopped: {data.get('stopped') or state.message}")
+    print(
+        f"\nOvernight P&L and the range's summary, read-only in the DuckDB shell:\n"
+        f"  {shell_command(session.report_path)} -c 'FROM overnight_pnl' -c 'FROM multi_day_summary'"
+    )
+    raise typer.Exit(0 if state.is_completed() else 1)
 
 
 @app.command()

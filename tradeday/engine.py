@@ -130,6 +130,11 @@ class Engine:
         self._in_reject = False  # routing what on_reject returned
         self._retries: set[str] = set()  # orders on_reject sent: their refusal is not reported
         self._closing = False  # flatten has begun: no more model callbacks
+        # carried symbols whose official open (first trade, or first bar's open, at or
+        # after the open) is still to be seen: the night's P&L ends there
+        self._awaiting_open: set[str] = set()
+        self._open_ns = 0
+        self.opens: dict[str, float] = {}
 
     # -- market events (feed thread) ------------------------------------------------------
 
@@ -152,6 +157,7 @@ class Engine:
         model = self.model
         safe = self.risk.safe_marks
         kinds = _KINDS
+        awaiting = self._awaiting_open
         with self._lock:
             clock = self.clock
             next_minute = self._next_minute_ns
@@ -170,6 +176,8 @@ class Engine:
                             next_minute = self._next_minute_ns
                     counted += 1
                     symbol = ev.symbol
+                    if awaiting and symbol in awaiting and ts >= self._open_ns:
+                        self._saw_open(ev)
                     kind = kinds[type(ev)]
                     if kind == "t":
                         price = ev.price
@@ -223,6 +231,20 @@ class Engine:
                 ) from exc
             finally:
                 stats.events += counted
+
+    def watch_open(self, symbols: Sequence[str], open_ns: int) -> None:
+        """Record the official open of ``symbols`` (carried in) in :attr:`opens`."""
+        self._awaiting_open.update(symbols)
+        self._open_ns = open_ns
+
+    def _saw_open(self, ev: Trade | Quote | Bar) -> None:
+        if isinstance(ev, Trade):
+            self.opens[ev.symbol] = ev.price
+        elif isinstance(ev, Bar):
+            self.opens[ev.symbol] = ev.open
+        else:
+            return  # a quote is no print
+        self._awaiting_open.discard(ev.symbol)
 
     def start(self, window: SessionWindow, at_ns: int) -> None:
         """The session begins at tick time ``at_ns``: the model's ``on_start``, then what
@@ -343,6 +365,8 @@ class Engine:
     def _send(self, order: Order, purpose: str) -> str:
         self._seq += 1
         coid = f"{order_prefix(self.run_id)}{self._seq}"
+        # a model may have given the plain string; the enum's call costs a microsecond
+        tif = order.tif if order.tif.__class__ is TimeInForce else TimeInForce(order.tif)
         row = OrderRecord(
             coid,
             self.run_id,
@@ -354,6 +378,7 @@ class Engine:
             limit_price=order.limit_price,
             purpose=purpose,
             tag=order.tag,
+            tif=tif,
         )
         self._open[coid] = row
         self._new_orders.append(row)
@@ -367,8 +392,7 @@ class Engine:
                 order.qty,
                 self.clock,
                 order.limit_price,
-                # a model may have given the plain string; the enum's call costs a microsecond
-                tif if (tif := order.tif).__class__ is TimeInForce else TimeInForce(tif),
+                tif,
             )
         )
         return coid

@@ -28,7 +28,9 @@ from sqlalchemy import (
     String,
     create_engine,
     insert,
+    inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Connection, Engine, make_url
@@ -37,6 +39,8 @@ from sqlalchemy.sql import Select
 
 from tradeday.records import (
     Batch,
+    CarriedRecord,
+    CarryStatus,
     FillRecord,
     MarkRecord,
     OrderRecord,
@@ -48,7 +52,12 @@ from tradeday.records import (
 
 R = TypeVar("R", bound=msgspec.Struct)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Columns that bring a ledger from the previous version to this key's version: (table,
+# column, type). New tables need no step (``create_all`` adds them).
+MIGRATIONS: dict[int, tuple[tuple[str, str, str], ...]] = {
+    2: (("orders", "tif", "VARCHAR(3) NOT NULL DEFAULT 'day'"),),
+}
 
 
 class Base(DeclarativeBase):
@@ -95,6 +104,7 @@ class OrderRow(Base):
     reason: Mapped[str] = mapped_column(String(500), default="")
     purpose: Mapped[str] = mapped_column(String(16), default="model")
     tag: Mapped[str] = mapped_column(String(64), default="")
+    tif: Mapped[str] = mapped_column(String(3), default="day")
 
 
 class FillRow(Base):
@@ -152,6 +162,38 @@ class MarkRow(Base):
     price: Mapped[float] = mapped_column(Float)
 
 
+class CarriedRow(Base):
+    """A position held overnight for the model's next session on the account (CarriedRecord)."""
+
+    __tablename__ = "carried_positions"
+
+    carry_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    model: Mapped[str] = mapped_column(String(64), index=True)
+    broker: Mapped[str] = mapped_column(String(32))
+    account: Mapped[str] = mapped_column(String(128), index=True)
+    symbol: Mapped[str] = mapped_column(String(32))
+    qty: Mapped[int] = mapped_column(Integer)
+    cost: Mapped[float] = mapped_column(Float)
+    mark: Mapped[float] = mapped_column(Float)
+    from_run_id: Mapped[str] = mapped_column(ForeignKey("runs.run_id"), index=True)
+    session_date: Mapped[str] = mapped_column(String(10))
+    carried_ns: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(8), index=True)
+    taken_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    taken_ns: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    open_price: Mapped[float | None] = mapped_column(Float, nullable=True)
+    message: Mapped[str] = mapped_column(String(500), default="")
+
+
+class MetaRow(Base):
+    """The ledger's schema version, so an older ledger is migrated once."""
+
+    __tablename__ = "ledger_meta"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(64))
+
+
 class WrittenBatchRow(Base):
     """A batch the ledger holds, by id: what makes a retried or replayed batch land once."""
 
@@ -192,7 +234,7 @@ class Ledger:
             connect_args={"timeout": busy_timeout_s} if sqlite else {},
             pool_pre_ping=True,  # a pooled connection a restarted PostgreSQL dropped is replaced
         )
-        Base.metadata.create_all(self.engine)
+        migrate(self.engine)
 
     def __enter__(self) -> Ledger:
         return self
@@ -235,6 +277,8 @@ class Ledger:
                 s.merge(PositionRow(**row))
             if batch.marks:
                 s.execute(insert(MarkRow), _dicts(batch.marks))
+            for row in _dicts(batch.carried):
+                s.merge(CarriedRow(**row))
             if batch.run_update is not None and (values := batch.run_update.values()):
                 s.execute(update(RunRow).where(RunRow.run_id == run_id).values(**values))
         return True
@@ -295,6 +339,54 @@ class Ledger:
         with Session(self.engine) as s:
             return list(s.scalars(stmt))
 
+    def carried(
+        self,
+        *,
+        account: str | None = None,
+        model: str | None = None,
+        status: CarryStatus | None = None,
+        from_run_id: str | None = None,
+        taken_run_id: str | None = None,
+    ) -> list[CarriedRecord]:
+        """Carried positions, oldest first, filtered by what is given."""
+        t = CarriedRow.__table__
+        stmt = select(t).order_by(t.c.carried_ns, t.c.carry_id)
+        for column, value in (
+            (t.c.account, account),
+            (t.c.model, model),
+            (t.c.status, status),
+            (t.c.from_run_id, from_run_id),
+            (t.c.taken_run_id, taken_run_id),
+        ):
+            if value is not None:
+                stmt = stmt.where(column == value)
+        with self.engine.connect() as conn:
+            return _records(conn, stmt, CarriedRecord)
+
+    def take_carried(
+        self, model: str, broker: str, account: str, run_id: str, now_ns: int
+    ) -> list[CarriedRecord]:
+        """Take up every open carried position of ``model`` on the account for ``run_id``.
+
+        One transaction, and each row only while it is still open, so two sessions of the
+        model never both take the same position.
+        """
+        t = CarriedRow.__table__
+        mine = (t.c.model == model, t.c.broker == broker, t.c.account == account)
+        taken = []
+        with self.engine.connect() as conn, conn.begin():
+            stmt = select(t).where(*mine, t.c.status == CarryStatus.OPEN).order_by(t.c.carry_id)
+            for row in _records(conn, stmt, CarriedRecord):
+                done = conn.execute(
+                    update(t)
+                    .where(t.c.carry_id == row.carry_id, t.c.status == CarryStatus.OPEN)
+                    .values(status=CarryStatus.TAKEN, taken_run_id=run_id, taken_ns=now_ns)
+                )
+                if done.rowcount == 1:
+                    row.status, row.taken_run_id, row.taken_ns = CarryStatus.TAKEN, run_id, now_ns
+                    taken.append(row)
+        return taken
+
     def set_status(self, run_ids: Sequence[str], status: str, message: str, ended_ns: int) -> None:
         with Session(self.engine) as s, s.begin():
             s.execute(
@@ -302,6 +394,37 @@ class Ledger:
                 .where(RunRow.run_id.in_(list(run_ids)))
                 .values(status=status, message=message[:1000], ended_ns=ended_ns)
             )
+
+
+def schema_version(engine: Engine) -> int | None:
+    """The ledger's schema version; None for an empty database."""
+    tables = set(inspect(engine).get_table_names())
+    if "ledger_meta" in tables:
+        with Session(engine) as s:
+            row = s.get(MetaRow, "schema_version")
+            if row is not None:
+                return int(row.value)
+    return 1 if "runs" in tables else None  # version 1 had no meta table
+
+
+def migrate(engine: Engine) -> None:
+    """Create the tables, or bring an older ledger up to :data:`SCHEMA_VERSION`."""
+    version = schema_version(engine)
+    if version is not None and version > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"the ledger {engine.url!r} was written by a newer tradeday "
+            f"(schema v{version}; this one knows v{SCHEMA_VERSION})"
+        )
+    for step in range((version or SCHEMA_VERSION) + 1, SCHEMA_VERSION + 1):
+        for table, column, kind in MIGRATIONS.get(step, ()):
+            if column in {c["name"] for c in inspect(engine).get_columns(table)}:
+                continue  # another process migrated it first
+            with engine.begin() as conn:
+                conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {kind}"))
+    Base.metadata.create_all(engine)
+    if version != SCHEMA_VERSION:
+        with Session(engine) as s, s.begin():
+            s.merge(MetaRow(key="schema_version", value=str(SCHEMA_VERSION)))
 
 
 def final_update(status: str, message: str, ended_ns: int, counters: dict) -> RunUpdate:

@@ -36,6 +36,7 @@ class SessionResult:
     fees: float
     net: float
     counters: dict[str, Any] = field(default_factory=dict)
+    carried: dict[str, int] = field(default_factory=dict)  # held overnight, in final_positions
 
     @classmethod
     def of(
@@ -47,6 +48,7 @@ class SessionResult:
         message: str,
         counters: dict[str, Any],
         book: Book,
+        carried: dict[str, int] | None = None,
     ) -> SessionResult:
         return cls(
             run_id=run_id,
@@ -65,6 +67,7 @@ class SessionResult:
             fees=round(book.fees, 6),
             net=round(book.net(), 6),
             counters=counters,
+            carried=carried or {},
         )
 
     def as_dict(self) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from tradeday.events import Side, ns_to_datetime
+from tradeday.events import Side, TimeInForce, ns_to_datetime
 
 
 class OrderStatus(StrEnum):
@@ -64,6 +64,7 @@ class OrderRecord(msgspec.Struct, gc=False):
     reason: str = ""
     purpose: str = "model"  # model, flatten or recovery
     tag: str = ""
+    tif: TimeInForce = TimeInForce.DAY
 
     @property
     def time(self) -> datetime:
@@ -132,6 +133,45 @@ class PositionRecord(msgspec.Struct, gc=False):
     ts: int
 
 
+class CarryStatus(StrEnum):
+    """Where a position held overnight is: waiting for its model's next session, taken up by
+    it, closed without it (``flatten-now --include-carried``), or its close sent while the
+    market is closed and queued at the broker for the next open (not flat yet, and no
+    session takes it up)."""
+
+    OPEN = "open"
+    TAKEN = "taken"
+    CLOSED = "closed"
+    QUEUED = "queued"
+
+
+class CarriedRecord(msgspec.Struct):
+    """A position a run ended holding for its model's next session on the same account.
+
+    ``cost`` is the average cost it opens the next book at, ``mark`` the carrying session's
+    last price (its close); ``open_price`` is the taking session's first price of the symbol
+    at or after its open, so the night's P&L is ``qty * (open_price - mark)``. Written by the
+    carrying run (or by the recovery of a crashed one) and updated by the run that takes it.
+    """
+
+    carry_id: str  # <from_run_id>/<symbol>
+    model: str
+    broker: str
+    account: str
+    symbol: str
+    qty: int
+    cost: float
+    mark: float
+    from_run_id: str
+    session_date: str  # the carrying run's session
+    carried_ns: int
+    status: CarryStatus = CarryStatus.OPEN
+    taken_run_id: str | None = None
+    taken_ns: int | None = None
+    open_price: float | None = None
+    message: str = ""
+
+
 class MarkRecord(msgspec.Struct, gc=False):
     """A symbol's last price at the end of the tick-time minute starting at ``ts``."""
 
@@ -172,6 +212,7 @@ class Batch(msgspec.Struct):
     risk_events: list[RiskEventRecord] = []
     positions: list[PositionRecord] = []
     marks: list[MarkRecord] = []
+    carried: list[CarriedRecord] = []  # stored whole: a later version replaces the row
     run_update: RunUpdate | None = None
     batch_id: str = ""
 
@@ -183,6 +224,7 @@ class Batch(msgspec.Struct):
             or self.risk_events
             or self.positions
             or self.marks
+            or self.carried
             or self.run_update
         )
 
@@ -195,6 +237,7 @@ class Batch(msgspec.Struct):
             + len(self.risk_events)
             + len(self.positions)
             + len(self.marks)
+            + len(self.carried)
         )
 
 

@@ -35,6 +35,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from models.base import overnight_allowance
 from tradeday.book import Book, Position
 from tradeday.brokers.base import Broker, BrokerOrder, ExecType, OrderHistory
 from tradeday.engine import order_prefix
@@ -43,6 +44,8 @@ from tradeday.journal import replay_journal
 from tradeday.ledger import Ledger, RunRow
 from tradeday.records import (
     Batch,
+    CarriedRecord,
+    CarryStatus,
     FillRecord,
     OrderRecord,
     OrderStatus,
@@ -71,6 +74,8 @@ class Recovered:
     fills: int = 0
     synced: int = 0
     left: dict[str, int] = field(default_factory=dict)
+    carried: dict[str, int] = field(default_factory=dict)
+    returned: dict[str, int] = field(default_factory=dict)
 
 
 def _process_alive(pid: int) -> bool:
@@ -145,19 +150,182 @@ def _recover_run(
         orders[change.client_order_id].apply(change)
     fills += batch.fills
 
-    book = _book(fills)
-    prices = latest_prices(rows, fills)
+    # a position it took up and never traded goes back to the ledger as it was: the
+    # night it was carried for has not ended (its next open was never reached)
+    traded = {f.symbol for f in fills}
+    carried_in = ledger.carried(taken_run_id=run.run_id)
+    returned = [c for c in carried_in if c.symbol not in traded]
+    carried_in = [c for c in carried_in if c.symbol in traded]
+    for c in returned:
+        c.status, c.taken_run_id, c.taken_ns, c.open_price = CarryStatus.OPEN, None, None, None
+        c.message = f"taken up by {run.run_id}, which crashed before trading it; open again"
+    book = _book(fills, carried_in)
+    prices = {**{c.symbol: c.mark for c in carried_in}, **latest_prices(rows, fills)}
     attempts: dict[str, int] = {}
     for order in orders.values():
         if order.purpose == "recovery":
             attempts[order.symbol] = attempts.get(order.symbol, 0) + 1
+    now = replayed or time.time_ns()
+    hold = overnight_allowance(run.params)
+    excess = {}
+    for symbol, qty in sorted(book.open_positions().items()):
+        if over := qty - max(-hold, min(hold, qty)):
+            excess[symbol] = over
+    closing = {
+        f"{run.run_id}-recover-{symbol}-{attempts.get(symbol, 0) + 1}": (symbol, qty)
+        for symbol, qty in excess.items()
+    }
+    rec.closed = {symbol: -qty for symbol, qty in excess.items()}
+    batch = _offset(broker, run, closing, prices, now, f"recovery after a crash, by {by}", deadline)
+    rec.fills = len(batch.fills)
+    ledger.write(batch, run.run_id)
+
+    for f in batch.fills:
+        book.apply_fill(f.symbol, f.signed_qty, f.price, f.fee)
+    prices = {**prices, **latest_prices(rows, fills + batch.fills)}
+    batch = Batch(
+        positions=[_position(run, s, p, prices[s], now) for s, p in book.positions.items()]
+    )
+    batch.positions += [  # what it gave back is no longer its position
+        PositionRecord(run.run_id, c.symbol, run.model, 0, 0.0, c.mark, 0.0, 0.0, now)
+        for c in returned
+        if c.symbol not in book.positions
+    ]
+    batch.carried = returned
+    if hold:  # what its model may hold overnight is carried, not sold (docs/operations.md)
+        batch.carried += [
+            CarriedRecord(
+                carry_id=f"{run.run_id}/{symbol}",
+                model=run.model,
+                broker=run.broker,
+                account=run.account,
+                symbol=symbol,
+                qty=qty,
+                cost=book.positions[symbol].avg_price,
+                mark=prices[symbol],
+                from_run_id=run.run_id,
+                session_date=run.session_date,
+                carried_ns=now,
+                message=f"held by a crashed run; carried by {by}",
+            )
+            for symbol, qty in sorted(book.open_positions().items())
+            if abs(qty) <= hold
+        ]
+        rec.carried = {c.symbol: c.qty for c in batch.carried}
+    ledger.write(batch, run.run_id)
+    rec.returned = {c.symbol: c.qty for c in returned}
+    rec.left = {s: q for s, q in book.open_positions().items() if s not in rec.carried}
+    message = f"crashed; recovered by {by}"
+    if rec.synced:
+        message += f": {rec.synced} orders/fills taken from the broker"
+    message += f"; closed {rec.closed or 'nothing'}"
+    if rec.carried:
+        message += f"; carried for the next session {rec.carried}"
+    if returned:
+        message += f"; gave back, untraded, { ({c.symbol: c.qty for c in returned}) }"
+    if rec.left:
+        message += f"; STILL OPEN {rec.left}"
+    ledger.set_status([run.run_id], "crashed", message, time.time_ns())
+    log.warning("recovery: run %s %s", run.run_id, message)
+    return rec
+
+
+def close_carried(
+    ledger: Ledger,
+    broker: Broker,
+    account: str,
+    *,
+    by: str = "flatten-now",
+    timeout_s: float = 10.0,
+    queued_only: bool = False,
+) -> dict[str, int]:
+    """Close every position carried overnight on this account and not yet taken up
+    (``queued_only``: only confirm the closes already queued at the broker).
+
+    Each is closed with an offsetting market order of the run that carried it, named
+    ``<run_id>-uncarry-<symbol>``; a close that was sent before (found at the broker) is
+    not sent again. Filled, the carried row is ``closed``. Still working at the broker when
+    the wait ends (Alpaca queues an order placed outside hours for the next open), it is
+    ``queued``: not flat, and no session takes it up; a later call confirms the fill.
+    Returns symbol -> quantity closed by this call.
+    """
+    deadline = time.monotonic() + timeout_s
+    closed: dict[str, int] = {}
+    for row in ledger.carried(account=account):
+        run = ledger.run(row.from_run_id)
+        wanted = (CarryStatus.QUEUED,) if queued_only else (CarryStatus.OPEN, CarryStatus.QUEUED)
+        if row.status not in wanted or run is None:
+            continue
+        if run.broker != broker.name:
+            continue
+        broker.start()
+        coid = f"{row.from_run_id}-uncarry-{row.symbol}"
+        now = time.time_ns() if run.feed != "replay" else row.carried_ns
+        if row.status is CarryStatus.QUEUED:
+            batch, working = _confirm_queued(broker, run, coid, row, now)
+        else:
+            batch = _offset(
+                broker,
+                run,
+                {coid: (row.symbol, row.qty)},
+                {row.symbol: row.mark},
+                now,
+                f"held overnight; closed by {by}",
+                deadline,
+            )
+            working = any(o.status.is_open for o in batch.new_orders)
+        filled = sum(f.qty for f in batch.fills)
+        if filled == abs(row.qty):
+            row.status, row.message = CarryStatus.CLOSED, f"closed by {by}"
+        elif working:
+            if row.status is CarryStatus.QUEUED:
+                continue  # still waiting for the open: nothing changed
+            row.status = CarryStatus.QUEUED
+            row.message = f"flatten queued for the next open ({coid}), by {by}"
+        else:
+            row.status = CarryStatus.OPEN
+            row.message = f"{by}: the close {coid} did not fill; still carried"
+        batch.carried = [row]
+        ledger.write(batch, run.run_id)
+        if filled:
+            closed[row.symbol] = closed.get(row.symbol, 0) + (-filled if row.qty > 0 else filled)
+        log.warning("%s: carried %s %s of %s: %s", by, row.symbol, row.qty, run.run_id, row.message)
+    return closed
+
+
+def _confirm_queued(
+    broker: Broker, run: RunRow, coid: str, row: CarriedRecord, now: int
+) -> tuple[Batch, bool]:
+    """What became of a close queued at the broker: its fill and the order's new state as a
+    batch for the run, and whether it is still working."""
+    state = broker.find_order(coid)
+    if state is None or state.kind in (ExecType.ACCEPTED, ExecType.PARTIAL_FILL):
+        return Batch(), True
+    if state.kind is not ExecType.FILL:
+        update = OrderUpdate(coid, OrderStatus(state.kind.value), 0, 0.0, state.reason)
+        return Batch(order_updates=[update]), False
+    side = Side.SELL if row.qty > 0 else Side.BUY
+    fill = _fill(run, coid, row.symbol, side, state.qty, state.price, state.fee, now)
+    update = OrderUpdate(coid, OrderStatus.FILLED, state.qty, state.price, "filled at the open")
+    return Batch(order_updates=[update], fills=[fill]), False
+
+
+def _offset(
+    broker: Broker,
+    run: RunRow,
+    closing: dict[str, tuple[str, int]],
+    prices: dict[str, float],
+    now: int,
+    reason: str,
+    deadline: float,
+) -> Batch:
+    """Send an offsetting order per ``client_order_id -> (symbol, position)`` unless the
+    broker has it already, and wait (until ``deadline``) for the fills: the orders and
+    fills, as a batch for the run."""
     batch = Batch()
     sent: dict[str, OrderRecord] = {}
-    now = replayed or time.time_ns()
-    for symbol, qty in sorted(book.open_positions().items()):
-        coid = f"{run.run_id}-recover-{symbol}-{attempts.get(symbol, 0) + 1}"
+    for coid, (symbol, qty) in closing.items():
         side = Side.SELL if qty > 0 else Side.BUY
-        rec.closed[symbol] = -qty
         if broker.find_order(coid) is None:
             broker.set_mark(symbol, prices[symbol])  # the simulator fills at the latest price
             broker.submit(BrokerOrder(coid, symbol, side, abs(qty), now))
@@ -169,7 +337,7 @@ def _recover_run(
             side,
             abs(qty),
             now,
-            reason=f"recovery after a crash, by {by}",
+            reason=reason,
             purpose="recovery",
             tag="recovery",
         )
@@ -182,7 +350,6 @@ def _recover_run(
                 continue
             if ex.kind in (ExecType.FILL, ExecType.PARTIAL_FILL):
                 order.add_fill(ex.qty, ex.price)
-                rec.fills += 1
                 batch.fills.append(
                     _fill(
                         run, ex.client_order_id, ex.symbol, ex.side, ex.qty, ex.price, ex.fee, now
@@ -195,25 +362,7 @@ def _recover_run(
             break
         time.sleep(0.02)
     batch.new_orders = list(sent.values())
-    ledger.write(batch, run.run_id)
-
-    for f in batch.fills:
-        book.apply_fill(f.symbol, f.signed_qty, f.price, f.fee)
-    prices = latest_prices(rows, fills + batch.fills)
-    batch = Batch(
-        positions=[_position(run, s, p, prices[s], now) for s, p in book.positions.items()]
-    )
-    ledger.write(batch, run.run_id)
-    rec.left = book.open_positions()
-    message = f"crashed; recovered by {by}"
-    if rec.synced:
-        message += f": {rec.synced} orders/fills taken from the broker"
-    message += f"; closed {rec.closed or 'nothing'}"
-    if rec.left:
-        message += f"; STILL OPEN {rec.left}"
-    ledger.set_status([run.run_id], "crashed", message, time.time_ns())
-    log.warning("recovery: run %s %s", run.run_id, message)
-    return rec
+    return batch
 
 
 def _replay_clock(run: RunRow, rows: RunRecords) -> int | None:
@@ -332,9 +481,11 @@ def _sync_from_broker(
     return changes
 
 
-def _book(fills: Sequence[FillRecord]) -> Book:
-    """The run's positions rebuilt from its fills."""
+def _book(fills: Sequence[FillRecord], carried_in: Sequence[CarriedRecord] = ()) -> Book:
+    """The run's positions rebuilt from what it took up from an earlier session and its fills."""
     book = Book()
+    for c in carried_in:
+        book.carry(c.symbol, c.qty, c.cost, c.mark)
     for f in fills:
         book.apply_fill(f.symbol, f.signed_qty, f.price, f.fee)
     return book

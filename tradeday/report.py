@@ -32,10 +32,19 @@ from sqlalchemy import Connection, select
 
 from tradeday.book import Position
 from tradeday.events import MINUTE_NS
-from tradeday.ledger import FillRow, Ledger, MarkRow, OrderRow, PositionRow, RiskEventRow, RunRow
+from tradeday.ledger import (
+    CarriedRow,
+    FillRow,
+    Ledger,
+    MarkRow,
+    OrderRow,
+    PositionRow,
+    RiskEventRow,
+    RunRow,
+)
 
 MONEY_DECIMALS = 6
-REPORT_SCHEMA_VERSION = 4
+REPORT_SCHEMA_VERSION = 5
 # The newest DuckDB shell on PyPI (duckdb-cli 1.5.6, installed as .venv/bin/duckdb) reads
 # storage up to v1.5.0; the duckdb 2.0 library writes v2.0.0 unless told otherwise.
 SHELL_STORAGE_VERSION = "v1.5.0"
@@ -57,7 +66,18 @@ CREATE TABLE IF NOT EXISTS sweep_results (
 );
 """
 
-# The tables of schema version 4 (version 3's plus the sweep tables). New columns go at the end of a table, so a migrated file and
+# Positions held overnight (version 5), one row per carried position: written by the run
+# that carried it and again by the run that took it up; the newer row wins.
+CARRIED_DDL = """
+CREATE TABLE IF NOT EXISTS carried (
+    carry_id VARCHAR, session_id VARCHAR, session_date DATE, model VARCHAR, account VARCHAR,
+    symbol VARCHAR, qty BIGINT, cost DOUBLE, close_mark DOUBLE, carried_at TIMESTAMPTZ,
+    status VARCHAR, taken_by VARCHAR, next_date DATE, open_price DOUBLE, overnight_pnl DOUBLE,
+    message VARCHAR, updated_at TIMESTAMPTZ
+);
+"""
+
+# The tables of schema version 5 (version 4's, orders.tif and carried). New columns go at the end of a table, so a migrated file and
 # a new one have the same columns in the same order.
 DDL = (
     """
@@ -72,7 +92,7 @@ CREATE TABLE IF NOT EXISTS sessions (
 CREATE TABLE IF NOT EXISTS orders (
     session_id VARCHAR, session_date DATE, model VARCHAR, client_order_id VARCHAR, symbol VARCHAR,
     side VARCHAR, qty BIGINT, limit_price DOUBLE, submitted_at TIMESTAMPTZ, status VARCHAR,
-    filled_qty BIGINT, avg_fill_price DOUBLE, reason VARCHAR, purpose VARCHAR
+    filled_qty BIGINT, avg_fill_price DOUBLE, reason VARCHAR, purpose VARCHAR, tif VARCHAR
 );
 CREATE TABLE IF NOT EXISTS fills (
     session_id VARCHAR, session_date DATE, model VARCHAR, client_order_id VARCHAR, symbol VARCHAR,
@@ -98,6 +118,7 @@ CREATE TABLE IF NOT EXISTS equity (
 );
 """
     + SWEEP_DDL
+    + CARRIED_DDL
 )
 
 # Statements that bring a file from the previous version to this key's version.
@@ -110,6 +131,7 @@ ALTER TABLE pnl ADD COLUMN closes BIGINT;
 """,
     # 3 keeps every run (no rerun replaces another) and changes only the views
     4: SWEEP_DDL,
+    5: "ALTER TABLE orders ADD COLUMN tif VARCHAR;" + CARRIED_DDL,
 }
 
 # Recreated by every write, so a changed view reaches a file with its next write. Sums of
@@ -149,6 +171,34 @@ WHERE session_id IN (SELECT session_id FROM run_summary WHERE latest);
 CREATE OR REPLACE VIEW daily_summary AS
 SELECT * EXCLUDE (started_at, latest) FROM run_summary WHERE latest
 ORDER BY session_date, model, deployment;
+
+CREATE OR REPLACE VIEW overnight_pnl AS
+SELECT session_date, next_date, model, symbol, qty, close_mark, open_price, overnight_pnl,
+       session_id, taken_by
+FROM carried WHERE status = 'taken'
+ORDER BY model, symbol, session_date;
+
+CREATE OR REPLACE VIEW multi_day_summary AS
+WITH days AS (
+    SELECT *, row_number() OVER (PARTITION BY model, deployment
+                                 ORDER BY session_date DESC) = 1 AS last_day
+    FROM daily_summary),
+nights AS (
+    SELECT model, count(*) AS nights, sum(overnight_pnl) AS overnight_pnl
+    FROM overnight_pnl WHERE open_price IS NOT NULL GROUP BY model)
+SELECT d.model, d.deployment, min(d.session_date) AS first_date,
+       max(d.session_date) AS last_date, count(*) AS sessions,
+       sum(d.orders)::BIGINT AS orders, sum(d.trades)::BIGINT AS trades,
+       round(sum(d.realized), {MONEY_DECIMALS}) AS realized,
+       round(sum(d.fees), {MONEY_DECIMALS}) AS fees,
+       round(sum(d.unrealized) FILTER (WHERE d.last_day), {MONEY_DECIMALS}) AS open_unrealized,
+       round(sum(d.realized) - sum(d.fees)
+             + sum(d.unrealized) FILTER (WHERE d.last_day), {MONEY_DECIMALS}) AS net,
+       coalesce(any_value(n.nights), 0)::BIGINT AS nights,
+       round(coalesce(any_value(n.overnight_pnl), 0), {MONEY_DECIMALS}) AS overnight_pnl
+FROM days d LEFT JOIN nights n USING (model)
+GROUP BY d.model, d.deployment
+ORDER BY d.model, d.deployment;
 """
 
 # Every table holding a session's rows, in the order they are written.
@@ -176,8 +226,10 @@ def replay_fills(
     fills: list[tuple[int, int, float, float]],
     marks: dict[int, float],
     grid: np.ndarray,
+    opening: tuple[int, float] | None = None,
 ) -> Curve:
-    """Apply ``fills`` (minute_ns, signed qty, price, fee; in fill order) minute by minute.
+    """Apply ``fills`` (minute_ns, signed qty, price, fee; in fill order) minute by minute,
+    from the ``opening`` position (quantity, cost) carried in from an earlier session.
 
     The mark of a minute is the ledger's mark for it, else the last fill price in it, else
     the previous minute's: a ledger without marks (written before they existed) still
@@ -185,6 +237,8 @@ def replay_fills(
     """
     last_fill: dict[int, float] = {f[0]: f[2] for f in fills}
     pos = Position()
+    if opening is not None:
+        pos.qty, pos.avg_price = opening
     mark: float | None = None
     rows: list[tuple] = []
     i = 0
@@ -252,6 +306,7 @@ def build_frames(ledger: Ledger, run_id: str) -> dict[str, pd.DataFrame]:
                 o.avg_fill_price,
                 o.reason,
                 o.purpose,
+                o.tif,
             )
             .where(o.run_id == run_id)
             .order_by(o.ts, o.client_order_id),
@@ -270,6 +325,14 @@ def build_frames(ledger: Ledger, run_id: str) -> dict[str, pd.DataFrame]:
         )
         positions = _query(conn, select(PositionRow.__table__).where(PositionRow.run_id == run_id))
         marks = _query(conn, select(MarkRow.__table__).where(MarkRow.run_id == run_id))
+        c, taker = CarriedRow, RunRow.__table__.alias("taker")
+        carried = _query(
+            conn,
+            select(c.__table__, taker.c.session_date.label("next_date"))
+            .outerjoin(taker, taker.c.run_id == c.taken_run_id)
+            .where((c.from_run_id == run_id) | (c.taken_run_id == run_id))
+            .order_by(c.carry_id),
+        )
 
     day = date.fromisoformat(run.session_date)
     keys = {"session_id": run.run_id, "session_date": day, "model": run.model}
@@ -294,6 +357,7 @@ def build_frames(ledger: Ledger, run_id: str) -> dict[str, pd.DataFrame]:
             "avg_fill_price",
             "reason",
             "purpose",
+            "tif",
         ],
         ts="submitted_at",
     )
@@ -301,7 +365,8 @@ def build_frames(ledger: Ledger, run_id: str) -> dict[str, pd.DataFrame]:
     risk = keyed(risk, ["event_at", "symbol", "side", "qty", "reason"], ts="event_at")
     risk["event_at"] = _ts(risk["event_at"])
 
-    pnl, equity, eod = _pnl_equity_positions(fills, marks, positions)
+    carried_in = carried[carried["taken_run_id"] == run_id]
+    pnl, equity, eod = _pnl_equity_positions(fills, marks, positions, carried_in)
     fills = keyed(
         fills,
         ["client_order_id", "symbol", "side", "qty", "price", "fee", "filled_at"],
@@ -353,18 +418,57 @@ def build_frames(ledger: Ledger, run_id: str) -> dict[str, pd.DataFrame]:
         "pnl": pnl,
         "positions_eod": eod,
         "equity": equity,
+        "carried": _carried_frame(carried),
     }
 
 
+def _carried_frame(carried: pd.DataFrame) -> pd.DataFrame:
+    """The report's ``carried`` rows: the night's P&L is ``qty * (open_price - close_mark)``."""
+    frame = pd.DataFrame(
+        {
+            "carry_id": carried["carry_id"],
+            "session_id": carried["from_run_id"],
+            "session_date": pd.to_datetime(carried["session_date"]).dt.date,
+            "model": carried["model"],
+            "account": carried["account"],
+            "symbol": carried["symbol"],
+            "qty": carried["qty"],
+            "cost": carried["cost"],
+            "close_mark": carried["mark"],
+            "carried_at": _ts(carried["carried_ns"]),
+            "status": carried["status"],
+            "taken_by": carried["taken_run_id"],
+            "next_date": pd.to_datetime(carried["next_date"]).dt.date,
+            "open_price": carried["open_price"],
+            "overnight_pnl": (carried["qty"] * (carried["open_price"] - carried["mark"])).round(
+                MONEY_DECIMALS
+            ),
+            "message": carried["message"],
+            "updated_at": pd.Timestamp(time_ns(), unit="ns", tz="UTC"),
+        }
+    )
+    return frame
+
+
 def _pnl_equity_positions(
-    fills: pd.DataFrame, marks: pd.DataFrame, positions: pd.DataFrame
+    fills: pd.DataFrame,
+    marks: pd.DataFrame,
+    positions: pd.DataFrame,
+    carried_in: pd.DataFrame,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Per-symbol P&L, the per-minute equity curve and end-of-day positions, from the fills.
 
     P&L and the curve replay the fills through :class:`Position` (average cost), so they
-    agree with the engine's book; open positions are valued at the ledger's end-of-day
-    mark (the session's last price).
+    agree with the engine's book, starting from what the session took up from an earlier
+    one (``carried_in``: at its cost, not a trade); open positions are valued at the
+    ledger's end-of-day mark (the session's last price).
     """
+    opening = {
+        symbol: (int(qty), float(cost))
+        for symbol, qty, cost in zip(
+            carried_in["symbol"], carried_in["qty"], carried_in["cost"], strict=True
+        )
+    }
     eod_marks = dict(zip(positions["symbol"], positions["mark"], strict=True))
     fill_minutes = (fills["ts"] - fills["ts"] % MINUTE_NS).astype("int64")
     signed = fills["qty"].where(fills["side"] == "buy", -fills["qty"]).astype("int64")
@@ -391,12 +495,16 @@ def _pnl_equity_positions(
         marks_by_symbol.setdefault(symbol, {})[ts] = price
 
     pnl_rows, equity_rows = [], []
-    for symbol in sorted(set(by_symbol) | set(marks_by_symbol)):
+    for symbol in sorted(set(by_symbol) | set(marks_by_symbol) | set(opening)):
         curve = replay_fills(
-            symbol, by_symbol.get(symbol, []), marks_by_symbol.get(symbol, {}), grid
+            symbol,
+            by_symbol.get(symbol, []),
+            marks_by_symbol.get(symbol, {}),
+            grid,
+            opening.get(symbol),
         )
         equity_rows.extend(curve.rows)
-        if symbol not in by_symbol:
+        if symbol not in by_symbol and symbol not in opening:
             continue
         p = curve.final
         mark = eod_marks.get(symbol, curve.last_mark)
@@ -622,7 +730,7 @@ def stage_run(ledger: Ledger, run_id: str, path: str | Path) -> Path:
         con = duckdb.connect(str(tmp))
         try:
             con.execute(DDL)
-            for table in TABLES:
+            for table in (*TABLES, "carried"):
                 _insert(con, table, frames[table])
         finally:
             con.close()
@@ -647,6 +755,25 @@ def _merge_table(con: duckdb.DuckDBPyConnection, table: str) -> None:
     con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM staged.{table}")
 
 
+def _merge_carried(con: duckdb.DuckDBPyConnection) -> None:
+    """Carried rows are written by two runs (the one that carried, the one that took up):
+    the newer version of a row replaces the older, whichever run's write comes last."""
+    staged = con.execute(
+        "SELECT count(*) FROM information_schema.tables "
+        "WHERE table_catalog = 'staged' AND table_name = 'carried'"
+    ).fetchone()
+    if not staged or not staged[0]:
+        return  # staged by a tradeday before version 5
+    con.execute(
+        "DELETE FROM carried WHERE carry_id IN (SELECT s.carry_id FROM staged.carried s "
+        "JOIN carried c USING (carry_id) WHERE s.updated_at >= c.updated_at)"
+    )
+    con.execute(
+        "INSERT INTO carried BY NAME SELECT * FROM staged.carried "
+        "WHERE carry_id NOT IN (SELECT carry_id FROM carried)"
+    )
+
+
 def _merge(con: duckdb.DuckDBPyConnection, staged: Path) -> None:
     """One staged run into the report in one transaction: its earlier rows out, these in."""
     con.execute(f"ATTACH '{_quoted(staged)}' AS staged (READ_ONLY)")
@@ -659,6 +786,7 @@ def _merge(con: duckdb.DuckDBPyConnection, staged: Path) -> None:
                 con.execute(f"DELETE FROM {table} WHERE session_id IN (SELECT unnest(?))", [ids])
             for table in TABLES:
                 _merge_table(con, table)
+            _merge_carried(con)
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from models.base import overrides
+from models.base import overnight_allowance, overrides
 from tradeday import outcome, wiring
 from tradeday.brokers.base import AccountCloser, BrokerError, OrderHistory, left_at_broker
 from tradeday.config import SessionConfig
@@ -33,7 +33,7 @@ from tradeday.journal import Journal
 from tradeday.ledger import Ledger
 from tradeday.ledger_writer import DurableWriter
 from tradeday.outcome import SessionResult
-from tradeday.records import RunUpdate
+from tradeday.records import CarriedRecord, RunUpdate
 from tradeday.sources import NO_DATA_AFTER_S, Source, make_source
 from tradeday.wiring import Credentials
 
@@ -99,6 +99,8 @@ class TradingSession:
         self.deployment = deployment
         self.flow_run_id = flow_run_id
         self.started_ns = 0
+        self.carried_in: list[CarriedRecord] = []  # what it took up from an earlier session
+        self.carried_out: list[CarriedRecord] = []  # what it holds for the next one
 
     def __repr__(self) -> str:
         return f"TradingSession({self.run_id}, {self.model_name}, {self.day})"
@@ -129,6 +131,32 @@ class TradingSession:
             self.ledger, self.run_id, Journal.for_ledger(config.ledger_url), logger=self.log
         )
         self.broker.start()
+        self._take_carried()
+
+    def _take_carried(self) -> None:
+        """Open the book with what this model's last session on the account held overnight.
+
+        At its cost, so the risk limits count it and selling it realizes the move since it
+        was bought; its positions are written at once, so a crash from here on is
+        recovered with them (:mod:`tradeday.recovery`).
+        """
+        assert self.ledger is not None and self.writer is not None
+        self.carried_in = self.ledger.take_carried(
+            self.model_name, self.config.broker.kind, self.account, self.run_id, time.time_ns()
+        )
+        if not self.carried_in:
+            return
+        for row in self.carried_in:
+            self.book.carry(row.symbol, row.qty, row.cost, row.mark)
+            self.broker.carry(row.symbol, row.qty, row.cost)
+        self.engine.watch_open([row.symbol for row in self.carried_in], self.window.open_ns)
+        self.writer.write(self.engine.take_batch(positions=True))
+        self.log.info(
+            "took up positions held overnight: %s",
+            ", ".join(
+                f"{r.symbol} {r.qty} at {r.cost:g} (from {r.from_run_id})" for r in self.carried_in
+            ),
+        )
 
     # -- feed -----------------------------------------------------------------------------
 
@@ -225,7 +253,7 @@ class TradingSession:
     def _heartbeat(self) -> str:
         return outcome.heartbeat(self.counters(), self.book, self.engine.clock)
 
-    def flush(self, *, positions: bool = False) -> None:
+    def flush(self, *, positions: bool = False, carried: Sequence[CarriedRecord] = ()) -> None:
         """Hand what the engine buffered to the ledger writer; main thread, never per tick.
 
         The writer keeps what the ledger refuses; how long it has refused is the risk
@@ -235,6 +263,7 @@ class TradingSession:
         """
         assert self.writer is not None, "flush() before start()"
         batch = self.engine.take_batch(positions=positions)
+        batch.carried = list(carried)
         batch.run_update = RunUpdate(heartbeat_ns=time.time_ns(), counters=self.counters())
         self.writer.write(batch)
         self.engine.risk.ledger_outage_s = self.writer.outage_seconds()
@@ -266,23 +295,26 @@ class TradingSession:
         self.engine.cancel_working()  # resting limits and auction orders would never fill
         self.broker.flush(self.engine.clock)  # a simulator settles what it still holds
         self._settle(deadline)  # a real broker's in-flight orders land before we offset
-        sent = self.engine.flatten()
+        hold = self._overnight_hold()
+        sent = self.engine.flatten(hold)
         if sent:
             self.log.info("flatten: sent %s", sent)
         self.broker.flush(self.engine.clock)
-        self._settle(deadline, flat=True)
+        self._settle(deadline, hold=hold)
         if self.config.broker.owns_account and isinstance(self.broker, AccountCloser):
             self.message += self._close_account(self.broker, deadline)
-        left = self.book.open_positions()
+        left = {s: q for s, q in self.book.open_positions().items() if abs(q) > hold}
         if left:
             self._fail(f"NOT FLAT after {FLATTEN_TIMEOUT_S:.0f} s: {left}")
+        elif hold:
+            self.carried_out = self._carry_out()
         elif isinstance(self.broker, OrderHistory) and (
             stray := left_at_broker(self.broker, order_prefix(self.run_id), self.started_ns)
         ):
             self._fail(f"the broker still has this session's {stray}")
         if self._no_data():
             self.message += f"; received no events for {','.join(self.config.symbols)}"
-        self.flush(positions=True)
+        self.flush(positions=True, carried=self._carried_rows())
         assert self.writer is not None
         self.writer.finish(
             self.status,
@@ -301,6 +333,51 @@ class TradingSession:
         )
         return self.result()
 
+    def _overnight_hold(self) -> int:
+        """What may stay open per symbol: the model's allowance at a normal end only.
+
+        A cancel, a SIGTERM, a failure and the kill switch end flat (docs/operations.md,
+        "Positions held overnight"), and so does an owned account, which is closed whole.
+        """
+        if (
+            self.status != "completed"
+            or self.engine.halt_pending
+            or self.config.broker.owns_account
+        ):
+            return 0
+        return overnight_allowance(self.config.model)
+
+    def _carry_out(self) -> list[CarriedRecord]:
+        """The positions left open (within the allowance), as carried for the next session."""
+        rows = [
+            CarriedRecord(
+                carry_id=f"{self.run_id}/{symbol}",
+                model=self.model_name,
+                broker=self.config.broker.kind,
+                account=self.account,
+                symbol=symbol,
+                qty=qty,
+                cost=self.book.positions[symbol].avg_price,
+                mark=self.book.marks.get(symbol, self.book.positions[symbol].avg_price),
+                from_run_id=self.run_id,
+                session_date=self.day,
+                carried_ns=self.engine.clock,
+            )
+            for symbol, qty in sorted(self.book.open_positions().items())
+        ]
+        if rows:
+            held = {r.symbol: r.qty for r in rows}
+            self.message += f"; held overnight {held}"
+            self.log.info("held overnight for the next %s session: %s", self.model_name, held)
+        return rows
+
+    def _carried_rows(self) -> list[CarriedRecord]:
+        """What goes in the carried ledger table at the end: the positions carried out, and
+        those taken up with the official open this session saw for them."""
+        for row in self.carried_in:
+            row.open_price = self.engine.opens.get(row.symbol)
+        return [*self.carried_in, *self.carried_out]
+
     def _no_data(self) -> bool:
         stats = self.decoder.stats
         return stats.trades + stats.quotes + stats.bars == 0
@@ -311,11 +388,16 @@ class TradingSession:
         self.message += f"; {what}"
         self.log.error("%s", what)
 
-    def _settle(self, deadline: float, *, flat: bool = False) -> None:
-        """Wait (until ``deadline``) for no order in flight and, with ``flat``, no position."""
-        while (
-            self.engine.open_orders() or (flat and self.book.open_positions())
-        ) and time.monotonic() < deadline:
+    def _settle(self, deadline: float, *, hold: int | None = None) -> None:
+        """Wait (until ``deadline``) for no order in flight and, with ``hold``, no position
+        larger than that."""
+
+        def beyond() -> bool:
+            return hold is not None and any(
+                abs(q) > hold for q in self.book.open_positions().values()
+            )
+
+        while (self.engine.open_orders() or beyond()) and time.monotonic() < deadline:
             time.sleep(0.05)
             self.engine.drain()
 
@@ -345,6 +427,7 @@ class TradingSession:
             self.message,
             self.counters(),
             self.book,
+            {r.symbol: r.qty for r in self.carried_out},
         )
 
     def close(self) -> None:

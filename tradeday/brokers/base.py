@@ -111,6 +111,12 @@ class Broker(ABC):
     def flush(self, now: int) -> None:  # noqa: B027
         """No more market data is coming: settle what a simulator still holds."""
 
+    def carry(self, symbol: str, qty: int, cost: float) -> None:  # noqa: B027
+        """A position an earlier session left held overnight for this one.
+
+        A real broker's account holds it already; a simulator starts each session anew and
+        is told, so selling it is not a short."""
+
     @abstractmethod
     def positions(self) -> dict[str, int]:
         """Signed quantity per symbol as the broker sees it (the whole account)."""

@@ -198,6 +198,10 @@ class SimulatedBroker(Broker):
     def set_mark(self, symbol: str, price: float) -> None:
         self._last.setdefault(symbol, price)
 
+    def carry(self, symbol: str, qty: int, cost: float) -> None:
+        self._positions[symbol] = self._positions.get(symbol, 0) + qty
+        self.cash -= qty * cost
+
     def flush(self, now: int) -> None:
         """No more market data is coming: settle every working order (module docstring)."""
         for working in self._pending:
