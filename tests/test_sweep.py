@@ -367,3 +367,50 @@ def test_a_faithful_sweep_flow_writes_the_backtest_paths_figures(prefect_harness
     assert sorted(daily.to_dict("records"), key=key) == sorted(
         sweep.results_frame(expected).to_dict("records"), key=key
     )
+
+
+# -- the equity PNG of the best sets -------------------------------------------------------
+
+
+def test_the_equity_png_plots_each_models_best_set_from_the_sweeps_daily_nets(tmp_path):
+    path = tmp_path / "reports.duckdb"
+    plan = small_plan()
+    sweep_report.start_sweep(path, plan)
+    for combination in plan.combinations:
+        sweep_report.write_combination(
+            path, plan.sweep_id, sweep.run_combination(combination, plan.days)
+        )
+    text = sweep_report.sweep_markdown(path, plan.sweep_id)
+    png = tmp_path / "reports-sweep-t3x2x2-equity.png"
+    assert f"Equity of each model's best set (PNG, next to the report): {png}\n" in text
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert png.stat().st_size > 10_000
+
+    # the plotted lines, read from the figure: each model's best set, day by day
+    _, daily = sweep_report.read_sweep(path, plan.sweep_id)
+    con = report.connect(path, read_only=True)
+    nets = con.execute(
+        "SELECT model, params_hash, list(net ORDER BY session_date) FROM sweep_results "
+        "WHERE sweep_id = ? GROUP BY ALL",
+        [plan.sweep_id],
+    ).fetchall()
+    con.close()
+    best = {}
+    for model, params_hash, days in nets:
+        if model not in best or sum(days) > sum(best[model][1]):
+            best[model] = (params_hash, days)
+    figure = sweep_report.plot_best_sets(daily, sweep.compare(daily), tmp_path / "again.png")
+    lines = {
+        line.get_label(): line for line in figure.axes[0].get_lines() if line.get_label()[0] != "_"
+    }
+    assert len(lines) == 2
+    for model, (_, days) in best.items():
+        (label,) = [name for name in lines if name.startswith(f"{model}(")]
+        assert label.endswith(f": {sum(days):,.2f}")
+        assert list(lines[label].get_xdata()) == [0, 1, 2]
+        assert list(lines[label].get_ydata()) == pytest.approx(
+            [sum(days[: i + 1]) for i in range(3)], abs=1e-9
+        )
+    assert [t.get_text() for t in figure.axes[0].get_xticklabels()] == [
+        d.isoformat() for d in OPEN_DAYS
+    ]
