@@ -36,10 +36,13 @@ DEFAULT_REPORT_PATH = SessionConfig.model_fields["report_path"].default
 
 @task(name="sweep-combination", task_run_name="{label}")
 def run_combination(
-    combination: sweeps.Combination, days: Sequence[SessionWindow], label: str
+    combination: sweeps.Combination,
+    days: Sequence[SessionWindow],
+    label: str,
+    path: sweeps.SweepPath = "backtest",
 ) -> list[sweeps.DayResult]:
     """One combination over every day of the sweep."""
-    return sweeps.run_combination(combination, days)
+    return sweeps.run_combination(combination, days, path)
 
 
 @flow(name="sweep", log_prints=False)
@@ -53,10 +56,13 @@ def sweep(
     report_path: str = DEFAULT_REPORT_PATH,
     max_workers: int = 2,
     sweep_id: str | None = None,
+    path: sweeps.SweepPath = "backtest",
 ) -> str:
     """Run every combination of ``models`` and their ``grid`` over the days; the sweep id.
 
     ``grid`` is ``{model: {field: [values]}}``; days are ``start``..``end`` or ``dates``.
+    ``path`` is ``backtest`` (no feed, the default) or ``faithful`` (each session through
+    the embedded replay server and cpquant's client, as the daily flow runs it).
     """
     logger = get_run_logger()
     plan = sweeps.plan(
@@ -67,15 +73,17 @@ def sweep(
         dates=dates,
         grids=grid,
         sweep_id=sweep_id,
+        path=path,
     )
     for closed in plan.closed:
         logger.info("skipping %s: market closed (%s)", closed.day.isoformat(), closed.reason)
     logger.info(
-        "sweep %s: %d combinations × %d days = %d sessions, %d at a time",
+        "sweep %s: %d combinations × %d days = %d sessions on the %s path, %d at a time",
         plan.sweep_id,
         len(plan.combinations),
         len(plan.days),
         plan.sessions,
+        plan.path,
         max_workers,
     )
     sweep_report.start_sweep(report_path, plan)
@@ -87,7 +95,12 @@ def sweep(
             pending = [
                 runner.submit(
                     run_combination,
-                    parameters={"combination": c, "days": plan.days, "label": c.label},
+                    parameters={
+                        "combination": c,
+                        "days": plan.days,
+                        "label": c.label,
+                        "path": plan.path,
+                    },
                 )
                 for c in plan.combinations
             ]

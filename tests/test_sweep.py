@@ -8,7 +8,8 @@ from datetime import date
 
 import pytest
 
-from tradeday import backtest, report, sweep, sweep_report
+from tradeday import backtest, history, recording, report, sweep, sweep_report
+from tradeday.calendar import session_window
 from tradeday.config import ConfigError
 
 SYMBOLS = ["AAPL", "MSFT"]
@@ -80,13 +81,21 @@ def test_a_model_the_recording_cannot_feed_is_refused_up_front():
         sweep.plan(models_="all", symbols=SYMBOLS, start=START, end=END)
 
 
+def warmed_up_alone(model: dict, day: date, symbols: list[str]) -> backtest.BacktestResult:
+    """The backtest of one day, warmed up on the recording's bars before the open as a
+    session is (both shipped grid models warm up)."""
+    bars = history.recorded(recording.bundled(day), symbols, session_window(day))
+    assert bars
+    return backtest.run(model, day, symbols, warmup=bars)
+
+
 def test_every_combination_equals_the_same_backtest_run_alone():
     plan = small_plan()
     for combination in plan.combinations:
         results = sweep.run_combination(combination, plan.days)
         assert [r.session_date for r in results] == OPEN_DAYS
         for r in results:
-            alone = backtest.run(
+            alone = warmed_up_alone(
                 {"name": combination.model, **combination.grid_values}, r.session_date, SYMBOLS
             )
             assert r.net == alone.book.net()
@@ -278,3 +287,130 @@ def test_a_model_that_holds_overnight_runs_its_days_in_order_like_run_days():
     assert sum(r.net for r in results) == pytest.approx(
         sum(d.book.realized - d.book.fees for d in alone.days) + last.unrealized()
     )
+
+
+# -- the faithful path: the replay server and cpquant's client, as a daily session ---------
+
+FAITHFUL_DAYS = [date(2023, 1, 13), date(2023, 1, 17)]
+
+
+def order_rows(trades: sweep.DayTrades) -> list[tuple]:
+    return [
+        (o.symbol, o.side, o.qty, o.ts, o.purpose, o.status, o.filled_qty, o.avg_fill_price)
+        for o in trades.orders
+    ]
+
+
+def fill_rows(trades: sweep.DayTrades) -> list[tuple]:
+    return [(f.symbol, f.side, f.qty, f.price, f.ts) for f in trades.fills]
+
+
+def test_the_faithful_path_gives_the_fast_paths_every_order_and_fill():
+    """Each day through a real TradingSession: the embedded replay server streams it over a
+    websocket to cpquant's client; its ledger rows against the backtest loop's."""
+    plan = sweep.plan(
+        models_="ma_crossover,mean_reversion",
+        symbols=SYMBOLS,
+        dates=FAITHFUL_DAYS,
+        path="faithful",
+    )
+    assert plan.path == "faithful"
+    for combination in plan.combinations:
+        for window in plan.days:
+            fast = sweep.backtest_day(combination.config, window)
+            faithful = sweep.replay_day(combination.config, window)
+            assert len(fast.fills) > 10, (combination.label, window.day)
+            assert order_rows(faithful) == order_rows(fast)
+            assert fill_rows(faithful) == fill_rows(fast)
+            assert faithful.book.net() == fast.book.net()
+            assert faithful.book.open_positions() == fast.book.open_positions() == {}
+            assert faithful.stop_reason == fast.stop_reason == "close"
+
+
+def test_the_faithful_path_refuses_what_it_cannot_run_and_a_bad_path():
+    with pytest.raises(ConfigError, match="path: 'fast' is not one of backtest, faithful"):
+        sweep.plan(models_="ma_crossover", symbols=SYMBOLS, dates=FAITHFUL_DAYS, path="fast")
+    with pytest.raises(
+        ConfigError, match=r"buy_close_sell_open\(max_overnight_position=10\): may hold 10"
+    ):
+        sweep.plan(
+            models_="buy_close_sell_open",
+            symbols=["AAPL"],
+            dates=FAITHFUL_DAYS,
+            grids={"buy_close_sell_open": {"max_overnight_position": [10]}},
+            path="faithful",
+        )
+
+
+@pytest.mark.slow
+def test_a_faithful_sweep_flow_writes_the_backtest_paths_figures(prefect_harness, tmp_path):
+    from flows.sweep import sweep as sweep_flow
+
+    path = tmp_path / "reports.duckdb"
+    grid = {"ma_crossover": {"fast_window": [3, 5]}}
+    state = sweep_flow(
+        symbols=SYMBOLS,
+        models=["ma_crossover"],
+        dates=FAITHFUL_DAYS,
+        grid=grid,
+        report_path=str(path),
+        max_workers=2,
+        sweep_id="faithful2x2",
+        path="faithful",
+        return_state=True,
+    )
+    assert state.is_completed()
+    _, daily = sweep_report.read_sweep(path, "faithful2x2")
+    plan = sweep.plan(models_="ma_crossover", symbols=SYMBOLS, dates=FAITHFUL_DAYS, grids=grid)
+    expected = [r for c in plan.combinations for r in sweep.run_combination(c, plan.days)]
+    key = lambda r: (r["params_hash"], r["session_date"])  # noqa: E731
+    assert sorted(daily.to_dict("records"), key=key) == sorted(
+        sweep.results_frame(expected).to_dict("records"), key=key
+    )
+
+
+# -- the equity PNG of the best sets -------------------------------------------------------
+
+
+def test_the_equity_png_plots_each_models_best_set_from_the_sweeps_daily_nets(tmp_path):
+    path = tmp_path / "reports.duckdb"
+    plan = small_plan()
+    sweep_report.start_sweep(path, plan)
+    for combination in plan.combinations:
+        sweep_report.write_combination(
+            path, plan.sweep_id, sweep.run_combination(combination, plan.days)
+        )
+    text = sweep_report.sweep_markdown(path, plan.sweep_id)
+    png = tmp_path / "reports-sweep-t3x2x2-equity.png"
+    assert f"Equity of each model's best set (PNG, next to the report): {png}\n" in text
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert png.stat().st_size > 10_000
+
+    # the plotted lines, read from the figure: each model's best set, day by day
+    _, daily = sweep_report.read_sweep(path, plan.sweep_id)
+    con = report.connect(path, read_only=True)
+    nets = con.execute(
+        "SELECT model, params_hash, list(net ORDER BY session_date) FROM sweep_results "
+        "WHERE sweep_id = ? GROUP BY ALL",
+        [plan.sweep_id],
+    ).fetchall()
+    con.close()
+    best = {}
+    for model, params_hash, days in nets:
+        if model not in best or sum(days) > sum(best[model][1]):
+            best[model] = (params_hash, days)
+    figure = sweep_report.plot_best_sets(daily, sweep.compare(daily), tmp_path / "again.png")
+    lines = {
+        line.get_label(): line for line in figure.axes[0].get_lines() if line.get_label()[0] != "_"
+    }
+    assert len(lines) == 2
+    for model, (_, days) in best.items():
+        (label,) = [name for name in lines if name.startswith(f"{model}(")]
+        assert label.endswith(f": {sum(days):,.2f}")
+        assert list(lines[label].get_xdata()) == [0, 1, 2]
+        assert list(lines[label].get_ydata()) == pytest.approx(
+            [sum(days[: i + 1]) for i in range(3)], abs=1e-9
+        )
+    assert [t.get_text() for t in figure.axes[0].get_xticklabels()] == [
+        d.isoformat() for d in OPEN_DAYS
+    ]

@@ -750,6 +750,13 @@ def sweep(
         ),
     ] = None,
     workers: Annotated[int, typer.Option(help="Combinations run at once (processes).", min=1)] = 2,
+    path: Annotated[
+        str,
+        typer.Option(
+            help="backtest (no feed) or faithful (the replay server and cpquant's client, "
+            "as a daily session); both give the same fills."
+        ),
+    ] = "backtest",
     report_path: ReportOpt = None,
 ) -> None:
     """Replay days × models × parameter grids as one Prefect flow and print the comparison."""
@@ -771,7 +778,13 @@ def sweep(
     symbol_list = [s for s in symbols.split(",") if s.strip()]
     try:  # validate everything before Prefect starts
         plan = sweeps.plan(
-            models_=models, symbols=symbol_list, start=start, end=end, dates=days, grids=grids
+            models_=models,
+            symbols=symbol_list,
+            start=start,
+            end=end,
+            dates=days,
+            grids=grids,
+            path=path,
         )
     except (ConfigError, ValueError) as exc:
         sys.exit(f"tradeday: {exc}")
@@ -798,6 +811,7 @@ def sweep(
             report_path=path,
             max_workers=workers,
             sweep_id=plan.sweep_id,
+            path=plan.path,
             return_state=True,
         )
     print(sweep_markdown(path, plan.sweep_id))

@@ -13,11 +13,10 @@ from datetime import date
 from pathlib import Path
 
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from rich.console import Console
 from rich.table import Table
 
+from tradeday.plots import save_curves
 from tradeday.report import ReportError, model_totals, money, open_report, session_summary
 
 
@@ -84,16 +83,13 @@ def plot_equity(con, summary: pd.DataFrame, out: Path) -> Path:
         [summary["session_id"].tolist()],
     ).df()
     days = sorted(curve["session_date"].unique())
-    fig = Figure(figsize=(11, 5), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
     offsets: dict[object, int] = {}
     start = 0
     for day in days:
         minutes = curve.loc[curve["session_date"] == day, "minute"]
         offsets[day] = start
         start += int((minutes.max() - minutes.min()).total_seconds() // 60) + 1
-        ax.axvline(offsets[day], color="0.85", linewidth=0.8)
+    curves: dict[str, tuple[list[float], list[float]]] = {}
     for (model, deployment), rows in curve.groupby(["model", "deployment"], sort=True):
         carried = 0.0
         xs: list[float] = []
@@ -105,15 +101,10 @@ def plot_equity(con, summary: pd.DataFrame, out: Path) -> Path:
             carried = ys[-1]
             xs.append(float("nan"))  # no line across the night
             ys.append(float("nan"))
-        ax.plot(xs, ys, linewidth=1.2, label=f"{label(model, deployment)}: {carried:,.2f}")
-    ax.axhline(0, color="0.5", linewidth=0.6)
-    ax.set_xticks([offsets[d] for d in days], [f"{d:%Y-%m-%d}" for d in days], rotation=30)
-    ax.set_ylabel("cumulative net P&L")
+        curves[f"{label(model, deployment)}: {carried:,.2f}"] = (xs, ys)
     span = f"{days[0]:%Y-%m-%d}" + (f" to {days[-1]:%Y-%m-%d}" if len(days) > 1 else "")
-    ax.set_title(f"Equity by minute, {span}")
-    ax.legend(loc="best", fontsize="small")
-    fig.tight_layout()
-    fig.savefig(out)
+    ticks = ([offsets[d] for d in days], [f"{d:%Y-%m-%d}" for d in days])
+    save_curves(curves, ticks, f"Equity by minute, {span}", out, separators=ticks[0])
     return out
 
 

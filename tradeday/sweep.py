@@ -4,9 +4,13 @@ Plain Python (no Prefect): :func:`plan` expands the days (closed ones kept aside
 their reason), the models and each model's grid into combinations and validates every one
 exactly as a session's parameters are, so a bad value is refused, with its combination and
 field named, before anything runs. :func:`run_combination` trades one combination over its
-days with :func:`tradeday.backtest.run_config`, the engine, risk gate and simulated broker
-a session uses; :func:`compare` turns the per-day rows into the comparison users read
-(flows/sweep.py runs the combinations as Prefect tasks; docs/research.md).
+days on one of two paths: ``backtest`` (the default, :func:`tradeday.backtest.run_config`:
+the engine, risk gate and simulated broker a session uses, no feed) or ``faithful`` (a
+:class:`~tradeday.session.TradingSession` per day, the daily flow's session code: the
+embedded replay server streams the day to cpquant's client); both warm the model up on the
+recording's bars before the open as a session does, so both give a session's fills.
+:func:`compare` turns the per-day rows into the comparison users read (flows/sweep.py runs
+the combinations as Prefect tasks; docs/research.md).
 """
 
 from __future__ import annotations
@@ -15,24 +19,31 @@ import hashlib
 import itertools
 import json
 import math
+import tempfile
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
 import models
-from models.base import overnight_allowance
+from models.base import overnight_allowance, overrides
 from tradeday import backtest, wiring
+from tradeday.book import Book
 from tradeday.calendar import MarketClosed, session_window, trading_days
 from tradeday.config import ConfigError, SessionConfig, parse_session_config
-from tradeday.events import SessionWindow
+from tradeday.events import Bar, SessionWindow
+from tradeday.records import FillRecord, OrderRecord
 from tradeday.sources import NoData, ReplaySource
 
 DAILY_ANNUALIZATION = math.sqrt(252)  # Sharpe of daily net P&L, annualised over 252 sessions
+# where a combination's sessions run: the backtest loop, or the replay server and cpquant
+SweepPath = Literal["backtest", "faithful"]
+PATHS: tuple[SweepPath, ...] = ("backtest", "faithful")
 
 
 @dataclass(frozen=True)
@@ -71,6 +82,7 @@ class SweepPlan:
     days: list[SessionWindow]
     closed: list[MarketClosed]
     combinations: list[Combination]
+    path: SweepPath = "backtest"
 
     @property
     def sessions(self) -> int:
@@ -148,16 +160,20 @@ def plan(
     grids: Mapping[str, Mapping[str, Sequence[Any]]] | None = None,
     session: Mapping[str, Any] | None = None,
     sweep_id: str | None = None,
+    path: str = "backtest",
 ) -> SweepPlan:
     """Expand and validate a whole sweep; raise :class:`ConfigError` naming every bad value.
 
     ``grids`` maps a model name to ``{field: [values]}``; a model without a grid runs with
     its defaults. ``session`` holds the other session parameters (``risk``, ``broker``,
-    ``close_buffer_minutes``, ...), shared by every combination.
+    ``close_buffer_minutes``, ...), shared by every combination. ``path`` is where the
+    sessions run (:data:`PATHS`).
     """
     names = model_names(models_)
     grids = dict(grids or {})
     errors: list[str] = []
+    if path not in PATHS:
+        errors.append(f"path: {path!r} is not one of {', '.join(PATHS)}")
     for name, grid in grids.items():
         if name not in names:
             errors.append(f"grid.{name}: not among the swept models ({', '.join(names)})")
@@ -180,13 +196,21 @@ def plan(
                 detail = str(exc).removeprefix("invalid session parameters:\n  ")
                 detail = detail.replace("\n  ", "; ")
                 errors.append(f"{name}({swept}): {detail}")
+    if path == "faithful":
+        errors += [
+            f"{c.label}: may hold {held} shares overnight, and a session over the replay "
+            "server ends flat; run it on path 'backtest'"
+            for c in combinations
+            if (held := overnight_allowance(c.config.model)) > 0
+        ]
     if errors:
         raise ConfigError("invalid sweep:\n  " + "\n  ".join(errors))
     days, closed = expand_days(start, end, dates)
     if not days:
         raise ConfigError("invalid sweep: no open market day among the dates given")
     check_data(combinations, days)
-    return SweepPlan(sweep_id or uuid.uuid4().hex[:12], days, closed, combinations)
+    chosen: SweepPath = "faithful" if path == "faithful" else "backtest"
+    return SweepPlan(sweep_id or uuid.uuid4().hex[:12], days, closed, combinations, chosen)
 
 
 def check_data(combinations: Sequence[Combination], days: Sequence[SessionWindow]) -> None:
@@ -211,38 +235,100 @@ def check_data(combinations: Sequence[Combination], days: Sequence[SessionWindow
         raise ConfigError("invalid sweep:\n  " + "\n  ".join(errors))
 
 
-def run_combination(combination: Combination, days: Sequence[SessionWindow]) -> list[DayResult]:
-    """A combination over its days, in date order.
+def run_combination(
+    combination: Combination, days: Sequence[SessionWindow], path: SweepPath = "backtest"
+) -> list[DayResult]:
+    """A combination over its days, in date order, on ``path`` (:data:`PATHS`).
 
     An intraday model starts every session flat, so its days are independent. A model that
     may hold overnight (``max_overnight_position``) trades its days as
     :func:`tradeday.backtest.run_days` does: one simulated account, what it holds carried
     into the next session; a day's net then starts from the previous day's marks, so the
-    nets add up to the whole run's P&L with no move counted twice.
+    nets add up to the whole run's P&L with no move counted twice (backtest path only:
+    :func:`plan` refuses it on the faithful path).
     """
-    overnight = overnight_allowance(combination.config.model) > 0
+    config = combination.config
+    ordered = sorted(days, key=lambda w: w.day)
+    if overnight_allowance(config.model) == 0:
+        trade_day = replay_day if path == "faithful" else backtest_day
+        return [_day_result(combination, w, trade_day(config, w), 0.0) for w in ordered]
     results: list[DayResult] = []
     account = None
     carried: dict[str, tuple[int, float, float]] = {}
-    for window in sorted(days, key=lambda w: w.day):
-        if overnight:
-            result = backtest.run_config(
-                combination.config, window, account=account, carried=carried
-            )
-        else:
-            result = backtest.run_config(combination.config, window)
+    for window in ordered:
+        result = backtest.run_config(
+            config,
+            window,
+            warmup=warmup_bars(config, window),
+            account=account,
+            carried=carried,
+        )
         opening = sum(qty * (mark - cost) for qty, cost, mark in carried.values())
-        results.append(_day_result(combination, window, result, opening))
-        if overnight:
-            account, carried = result.broker, result.carried
+        results.append(_day_result(combination, window, DayTrades.of(result), opening))
+        account, carried = result.broker, result.carried
     return results
 
 
+@dataclass(frozen=True)
+class DayTrades:
+    """What one session of a combination did: its orders and fills, its book at the end."""
+
+    orders: list[OrderRecord]
+    fills: list[FillRecord]
+    book: Book
+    stop_reason: str
+
+    @classmethod
+    def of(cls, result: backtest.BacktestResult) -> DayTrades:
+        return cls(result.orders, result.fills, result.book, result.stop_reason)
+
+
+def warmup_bars(config: SessionConfig, window: SessionWindow) -> list[Bar]:
+    """The recording's bars before the open, when the model warms up: what a session feeds
+    its ``warmup``, so the backtest path trades as the session does."""
+    model = models.get(config.model.name)(config.model, config.symbols)
+    if not overrides(model, "warmup"):
+        return []
+    return ReplaySource(config.feed, window).history(config.symbols)
+
+
+def backtest_day(config: SessionConfig, window: SessionWindow) -> DayTrades:
+    """One intraday session on the backtest path, warmed up as a session is."""
+    return DayTrades.of(backtest.run_config(config, window, warmup=warmup_bars(config, window)))
+
+
+def replay_day(config: SessionConfig, window: SessionWindow) -> DayTrades:
+    """One session on the faithful path: the daily flow's :class:`TradingSession` with the
+    embedded replay server streaming the day to cpquant's client.
+
+    Its ledger is a throwaway SQLite file (the rows are read back, then dropped): a
+    research session is not a trading run, so it never shows in the trading ledger, in
+    crash recovery or in the daily report.
+    """
+    from tradeday.session import TradingSession  # websockets, cpquant: the faithful path only
+
+    with tempfile.TemporaryDirectory(prefix="tradeday-sweep-") as tmp:
+        ledger_url = f"sqlite:///{Path(tmp) / 'ledger.sqlite'}"
+        session = TradingSession(config.model_copy(update={"ledger_url": ledger_url}), window)
+        status, message = "completed", ""
+        try:
+            session.run()
+        except BaseException as exc:
+            status, message = "failed", f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            session.shutdown(status, message)
+            assert session.ledger is not None
+            orders = session.ledger.orders(session.run_id)
+            fills = session.ledger.fills(session.run_id)
+            session.close()
+    sequence = lambda o: int(o.client_order_id.rsplit("-", 1)[1])  # noqa: E731
+    stop_reason = session.engine.stop_reason or "end of data"
+    return DayTrades(sorted(orders, key=sequence), fills, session.book, stop_reason)
+
+
 def _day_result(
-    combination: Combination,
-    window: SessionWindow,
-    result: backtest.BacktestResult,
-    opening: float,
+    combination: Combination, window: SessionWindow, result: DayTrades, opening: float
 ) -> DayResult:
     book = result.book
     return DayResult(

@@ -3,7 +3,9 @@
 Each write is one transaction that migrates the file first, and a combination's days go in
 together: a sweep stopped midway (cancelled, crashed) holds whole combinations only, and
 its ``sweeps`` row says how many of how many are done and why it stopped. Rewriting a
-combination replaces its rows. Reads go through :func:`tradeday.report.open_report`.
+combination replaces its rows. Reads go through :func:`tradeday.report.open_report`. The
+equity PNG of each model's best set is written next to the report (a Prefect artifact cannot
+embed a local file, so the comparison names its path as plain text).
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from pathlib import Path
 
 import duckdb
 import pandas as pd
+from matplotlib.figure import Figure
 
 from tradeday import report
+from tradeday.plots import save_curves
 from tradeday.sweep import DayResult, SweepPlan, compare, results_frame
 
 RESULT_COLUMNS = list(DayResult.__dataclass_fields__)
@@ -108,9 +112,46 @@ def read_sweep(path: str | Path, sweep_id: str) -> tuple[dict, pd.DataFrame]:
     return row.iloc[0].to_dict(), daily[RESULT_COLUMNS]
 
 
-def comparison_markdown(sweep: dict, table: pd.DataFrame) -> str:
+def swept(params_json: str) -> str:
+    """A parameter set as ``field=value, ...`` (the model's name left out)."""
+    return ", ".join(f"{k}={v}" for k, v in json.loads(params_json).items() if k != "name")
+
+
+def best_curves(daily: pd.DataFrame, table: pd.DataFrame) -> dict[str, list[tuple[object, float]]]:
+    """Each model's best set (``table`` from :func:`compare`): its (day, cumulative net)
+    after every day, keyed ``model(params)``."""
+    curves = {}
+    for best in table[table["best"]].itertuples():
+        rows = daily[daily["params_hash"] == best.params_hash].sort_values("session_date")
+        cumulative = rows["net"].astype(float).cumsum()
+        curves[f"{best.model}({swept(best.params)})"] = list(
+            zip(rows["session_date"], cumulative, strict=True)
+        )
+    return curves
+
+
+def equity_png_path(report_path: str | Path, sweep_id: str) -> Path:
+    """Next to the report: ``<report>-sweep-<id>-equity.png``."""
+    report_path = Path(report_path)
+    return report_path.with_name(f"{report_path.stem}-sweep-{sweep_id}-equity.png")
+
+
+def plot_best_sets(daily: pd.DataFrame, table: pd.DataFrame, out: Path) -> Figure:
+    """The equity PNG: cumulative net per day, one line per model's best parameter set."""
+    days = sorted(set(daily["session_date"]))
+    at = {day: i for i, day in enumerate(days)}
+    curves = {
+        f"{name}: {points[-1][1]:,.2f}": ([at[d] for d, _ in points], [v for _, v in points])
+        for name, points in best_curves(daily, table).items()
+    }
+    ticks = (range(len(days)), [f"{d:%Y-%m-%d}" for d in days])
+    span = f"{days[0]:%Y-%m-%d} to {days[-1]:%Y-%m-%d}" if days else "no days"
+    return save_curves(curves, ticks, f"Best parameter set per model, net by day, {span}", out)
+
+
+def comparison_markdown(sweep: dict, table: pd.DataFrame, png: Path | None = None) -> str:
     """The comparison artifact: one row per model and parameter set, the best set per model
-    in bold; what ``tradeday report --sweep ID`` prints too."""
+    in bold, and where the equity PNG is; what ``tradeday report --sweep ID`` prints too."""
     closed = json.loads(sweep["closed_days"] or "{}")
     lines = [
         f"**Sweep {sweep['sweep_id']}**: {sweep['status']}, {sweep['done']}/"
@@ -126,17 +167,24 @@ def comparison_markdown(sweep: dict, table: pd.DataFrame) -> str:
         "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     for r in table.itertuples():
-        swept = ", ".join(f"{k}={v}" for k, v in json.loads(r.params).items() if k != "name")
         lines.append(
-            f"| {r.model} | {swept} | {r.days} | {r.trades:,} | {report.money(r.net)} "
+            f"| {r.model} | {swept(r.params)} | {r.days} | {r.trades:,} | {report.money(r.net)} "
             f"| {report.money(r.mean_net)} | {report.money(r.std_net)} "
             f"| {'' if pd.isna(r.sharpe) else f'{r.sharpe:.2f}'} | {report.money(r.max_drawdown)} "
             f"| {r.winning_days}/{r.days} | {'**best**' if r.best else ''} |"
         )
+    if png is not None:
+        lines += ["", f"Equity of each model's best set (PNG, next to the report): {png}"]
     return "\n".join(lines) + "\n"
 
 
 def sweep_markdown(path: str | Path, sweep_id: str) -> str:
-    """:func:`comparison_markdown` of a sweep read back from the report."""
+    """:func:`comparison_markdown` of a sweep read back from the report, with its equity
+    PNG (re)drawn next to the report when a combination is done."""
     sweep, daily = read_sweep(path, sweep_id)
-    return comparison_markdown(sweep, compare(daily))
+    table = compare(daily)
+    png = None
+    if not daily.empty:
+        png = equity_png_path(path, sweep_id).resolve()
+        plot_best_sets(daily, table, png)
+    return comparison_markdown(sweep, table, png)
