@@ -54,7 +54,17 @@ def session_paths(tmp_path: Path) -> dict[str, str]:
 
 BIN = Path(sys.executable).parent
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
-DEPLOYMENTS = ("daily-session", "replay-day", "flatten-now", "end-of-day-report", "sweep")
+DEPLOYMENTS = (
+    "daily-session",
+    "hub-volume-modulo",
+    "hub-mean-reversion",
+    "hub-opening-momentum",
+    "replay-day",
+    "flatten-now",
+    "end-of-day-report",
+    "sweep",
+)
+HUB_DEPLOYMENTS = DEPLOYMENTS[1:4]
 
 
 def free_port() -> int:
