@@ -16,7 +16,13 @@ frame, as a session's decoder would. Figures:
 - **CPU**: each session process from its subscription to its last frame, and the hub
   (this process), per second of stream.
 - **ceiling**: the same 5 sessions with the upstream as fast as it goes (speed none):
-  trades/s each session receives, through the hub and directly.
+  trades/s each session receives, through the hub and directly (throughput under the
+  replay server's backpressure, which Alpaca would not give: it cuts a slow client).
+- **the hub's ceiling, paced**: the upstream paced at rising rates (20,000 trades/s, then
+  doubling), Alpaca's way: the stream does not wait. At each rate, the sessions' lag p99
+  (the lateness above) and the 407 cuts; the ceiling is the highest rate at which no
+  session was cut and the lag p99 stayed under ``LAG_LIMIT_MS``, given both per upstream
+  trade and in aggregate (what the hub sends to its 5 sessions).
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ SPACING_US = 1e6 / RATE
 SECRET = "bench-hub-secret"
 REPLAY_KEY = "replay"
 _FIRST_ID = re.compile(r'"i":(\d+)')
+LAG_LIMIT_MS = 250.0
+"""A session this far behind its best frame at p99 is falling behind, not jittering."""
 
 
 class Client:
@@ -134,8 +142,11 @@ def lateness_us(result: dict[str, Any]) -> list[float]:
     return sorted((o - base) / 1000 for o in offsets)
 
 
-def run_setup(via_hub: bool, server: ServerProcess) -> tuple[list[dict[str, Any]], float, dict]:
-    """Five clients on the upstream, directly or through a hub; their results, hub CPU."""
+def run_setup(
+    via_hub: bool, server: ServerProcess
+) -> tuple[list[dict[str, Any]], float, dict, int]:
+    """Five clients on the upstream, directly or through a hub: their results, the hub's
+    CPU, its frame stamps and its 407 cuts."""
     hub: Hub | None = None
     stamps: dict[int, int] = {}
     url, key, secret = server.url, REPLAY_KEY, REPLAY_KEY
@@ -154,7 +165,7 @@ def run_setup(via_hub: bool, server: ServerProcess) -> tuple[list[dict[str, Any]
         hub_cpu = sum(own.cpu_times()[:2]) - cpu0
         if hub is not None:
             hub.stop()
-    return results, hub_cpu, stamps
+    return results, hub_cpu, stamps, hub.stats.slow_cuts if hub is not None else 0
 
 
 def run(quick: bool = False) -> list[Row]:
@@ -170,7 +181,7 @@ def run(quick: bool = False) -> list[Row]:
             max_connections=SESSIONS,
         )
         with server:
-            results, hub_cpu, stamps = run_setup(via_hub, server)
+            results, hub_cpu, stamps, _ = run_setup(via_hub, server)
         fewest = min(r["trades"] for r in results)
         if fewest < trades - RATE // 2:  # what streamed before the last "go" arrived is missed
             raise RuntimeError(f"{label}: a session got {fewest:,} of {trades:,} trades")
@@ -213,6 +224,44 @@ def run(quick: bool = False) -> list[Row]:
             )
             rows.append(Row("hub", "the hub's CPU", 100 * hub_cpu / seconds, "% of a core"))
     rows += ceiling(20_000 if quick else 500_000)
+    rows += paced_ceiling((RATE, 2 * RATE) if quick else tuple(RATE * 2**k for k in range(5)))
+    return rows
+
+
+def paced_ceiling(rates: tuple[int, ...], seconds: float = 3.0) -> list[Row]:
+    """The upstream paced at each rate in turn, through the hub, until sessions fall behind."""
+    rows, kept = [], 0
+    for rate in rates:
+        trades = int(rate * seconds)
+        with ServerProcess("synthetic", trades=trades, spacing_us=1e6 / rate, speed=1.0) as server:
+            results, _, _, cuts = run_setup(True, server)
+        late = sorted(x for r in results for x in lateness_us(r))
+        lag_ms = percentile(late, 99) / 1000
+        fewest = min(r["trades"] for r in results)
+        keeps_up = cuts == 0 and lag_ms < LAG_LIMIT_MS
+        rows.append(
+            Row(
+                "hub",
+                f"paced {rate:,} trades/s upstream, {SESSIONS * rate:,}/s to sessions: lag p99",
+                lag_ms,
+                "ms",
+                note=f"{'keeps up' if keeps_up else 'falls behind'}; 407 cuts {cuts}; "
+                f"the fewest a session got: {fewest:,} of {trades:,}",
+            )
+        )
+        if not keeps_up:
+            break
+        kept = rate
+    rows.append(
+        Row(
+            "hub",
+            f"**the hub's ceiling**, paced: upstream trades/s kept up with (x{SESSIONS} sent)",
+            kept,
+            "trades/s",
+            note=f"{SESSIONS * kept:,} trades/s in aggregate to sessions; "
+            f"lag p99 < {LAG_LIMIT_MS:.0f} ms, no 407",
+        )
+    )
     return rows
 
 
@@ -222,7 +271,7 @@ def ceiling(trades: int) -> list[Row]:
     for via_hub in (False, True):
         label = "through the hub" if via_hub else "direct"
         with ServerProcess("synthetic", trades=trades, max_connections=SESSIONS) as server:
-            results, _, _ = run_setup(via_hub, server)
+            results, _, _, _ = run_setup(via_hub, server)
         rate = sorted(r["trades"] / max(r["seconds"], 1e-9) for r in results)
         rows.append(
             Row(

@@ -10,6 +10,19 @@ account with no margin. Cash moves by ``qty * price`` on every fill; buying powe
 not already exposed: ``cash - 2 * short cost - cost reserved by open buy orders``, positions
 valued at cost. Selling more than the free long quantity is refused unless ``allow_short``.
 
+One position per symbol per account, and Alpaca's rules for it (mimicked here, each with
+Alpaca's message; sources: alpacahq/Alpaca-API issues 90, 82 and 250):
+
+- no order crosses zero: with a long position, a sell for more than the long quantity not
+  already held by open sell orders is refused, ``403 insufficient qty available for order
+  (requested: 15, available: 10)``, shorting enabled or not; the same for a buy against a
+  short position. Going from long to short takes two orders: close to zero, then open;
+- a sell that opens a short (the position is flat or short) is refused while a buy that
+  opens a long in the same symbol is open, ``403 cannot open a short sell while a long buy order is open``, and a
+  buy that opens a long while a short sell is open, ``403 cannot open a long buy while a
+  short sell order is open`` (an account cannot be long and short one symbol at once);
+- ``qty_available`` of a position is its quantity less what open closing orders hold.
+
 Fill modes: ``immediate`` fills a marketable order at ``fill_price`` as it is accepted (the
 POST answer is the pre-fill snapshot, as Alpaca's usually is, so clients see the fill by
 polling); ``partial`` fills half on acceptance, the next GET of an orders endpoint shows
@@ -616,24 +629,41 @@ class AlpacaTestServer:
         return self._book.cash - 2 * short_cost - reserved
 
     def _check_funds(self, symbol: str, side: str, qty: int, price: Decimal) -> None:
+        """Alpaca's pre-trade checks: no order across zero, no long and short at once, money."""
         position = self._book.positions.get(symbol, _Position()).qty
-        if side == "buy":
-            covering = min(qty, max(-position - self._held(symbol, "buy"), 0))
-            if (qty - covering) * price > self._buying_power():
-                raise _ApiError(403, _CODE_FORBIDDEN, "insufficient buying power")
-            return
-        available = max(position - self._held(symbol, "sell"), 0)
-        if qty <= available:
-            return
-        if not self.allow_short:
+        closing = position > 0 if side == "sell" else position < 0
+        if closing:
+            held = self._held(symbol, side)
+            available = max(abs(position) - held, 0)
+            if qty <= available:
+                return
             raise _ApiError(
                 403,
                 _CODE_FORBIDDEN,
                 f"insufficient qty available for order (requested: {qty}, available: {available})",
                 symbol=symbol,
                 available=str(available),
+                existing_qty=str(abs(position)),
+                held_for_orders=str(held),
             )
-        if (qty - available) * price > self._buying_power():
+        if side == "sell" and not self.allow_short:
+            raise _ApiError(
+                403,
+                _CODE_FORBIDDEN,
+                f"insufficient qty available for order (requested: {qty}, available: 0)",
+                symbol=symbol,
+                available="0",
+            )
+        other = "buy" if side == "sell" else "sell"
+        if any(
+            o.symbol == symbol and o.position_intent == f"{other}_to_open" and o.status in _OPEN
+            for o in self._book.orders.values()
+        ):
+            words = ("short sell", "long buy") if side == "sell" else ("long buy", "short sell")
+            raise _ApiError(
+                403, _CODE_FORBIDDEN, f"cannot open a {words[0]} while a {words[1]} order is open"
+            )
+        if qty * price > self._buying_power():
             raise _ApiError(403, _CODE_FORBIDDEN, "insufficient buying power")
 
     def _close_position(self, symbol: str) -> _Order:
@@ -672,6 +702,7 @@ class AlpacaTestServer:
 
     def _position_json(self, symbol: str) -> dict[str, Any]:
         p = self._book.positions[symbol]
+        sign = 1 if p.qty > 0 else -1
         cost = p.avg_entry * p.qty
         value = p.last_price * p.qty
         pl = value - cost
@@ -684,7 +715,7 @@ class AlpacaTestServer:
             "asset_marginable": True,
             "avg_entry_price": _num(p.avg_entry),
             "qty": str(p.qty),
-            "qty_available": str(p.qty),
+            "qty_available": str(p.qty - self._held(symbol, "sell" if p.qty > 0 else "buy") * sign),
             "side": "long" if p.qty > 0 else "short",
             "market_value": _num(value),
             "cost_basis": _num(cost),

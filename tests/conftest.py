@@ -57,12 +57,16 @@ BIN = Path(sys.executable).parent
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 DEPLOYMENTS = (
     "daily-session",
+    "hub-volume-modulo",
+    "hub-mean-reversion",
+    "hub-opening-momentum",
     "replay-day",
     "replay-range",
     "flatten-now",
     "end-of-day-report",
     "sweep",
 )
+HUB_DEPLOYMENTS = DEPLOYMENTS[1:4]
 
 
 def free_port() -> int:

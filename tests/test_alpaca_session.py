@@ -109,12 +109,22 @@ def test_session_trades_through_alpaca_and_flattens_only_its_own_positions(
     sides = model_sides(FIXTURE)
     net = sum(5 if s == "buy" else -5 for s in sides)
     at_server = [o for o in server.orders if o["client_order_id"].startswith(f"{run_id}-")]
-    # deterministic ids: the run, then the sequence; the model's orders, then one flatten
-    assert [o["client_order_id"] for o in at_server] == [
-        f"{run_id}-{n}" for n in range(1, len(sides) + 2)
+    # An order that takes the account (the other model's 7 plus this session's) across zero
+    # is sent in two legs at Alpaca: the first 2 sells take it to -3 via -2 and +2.
+    legs: dict[str, list[dict]] = {}
+    for o in at_server:
+        legs.setdefault(o["client_order_id"].split("-leg")[0], []).append(o)
+    assert sides[:2] == ["sell", "sell"]
+    assert [(int(o["qty"]), o["position_intent"]) for o in legs[f"{run_id}-2"]] == [
+        (2, "sell_to_close"),
+        (3, "sell_to_open"),
     ]
-    assert [o["side"] for o in at_server] == [*sides, "buy" if net < 0 else "sell"]
-    assert [int(o["qty"]) for o in at_server] == [5] * len(sides) + [abs(net)]
+    # deterministic ids: the run, then the sequence; the model's orders, then one flatten
+    assert list(legs) == [f"{run_id}-{n}" for n in range(1, len(sides) + 2)]
+    assert [parts[0]["side"] for parts in legs.values()] == [*sides, "buy" if net < 0 else "sell"]
+    assert [sum(int(o["qty"]) for o in parts) for parts in legs.values()] == [5] * len(sides) + [
+        abs(net)
+    ]
     assert all(o["status"] == "filled" for o in at_server)
     assert signed(server.orders, f"{run_id}-") == 0  # nothing of the session's is left
     assert server.positions == {"ES": 7}  # the other model's position is untouched
@@ -125,9 +135,7 @@ def test_session_trades_through_alpaca_and_flattens_only_its_own_positions(
     fills = ledger.fills(run_id)
     run = ledger.run(run_id)
     ledger.close()
-    assert sorted(o.client_order_id for o in orders) == sorted(
-        o["client_order_id"] for o in at_server
-    )
+    assert sorted(o.client_order_id for o in orders) == sorted(legs)
     assert all(o.status == "filled" and o.avg_fill_price == PRICE for o in orders)
     assert sum(f.qty if f.side == "buy" else -f.qty for f in fills) == 0
     cfg = config(server, FIXTURE, session_paths)

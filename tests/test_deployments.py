@@ -14,11 +14,12 @@ from zoneinfo import ZoneInfo
 
 import duckdb
 import pytest
-from conftest import DEPLOYMENTS, PrefectServer, wait_until
+from conftest import DEPLOYMENTS, HUB_DEPLOYMENTS, PrefectServer, wait_until
 from prefect import flow
 from prefect.server.schemas.schedules import CronSchedule
 
 import deployments
+from tradeday.config import parse_session_config
 from tradeday.ledger import Ledger
 
 NEW_YORK = ZoneInfo("America/New_York")
@@ -26,7 +27,8 @@ FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 
 
 def deployment(api, name: str) -> dict:
-    flow = {"daily-session": "trading-session", "replay-day": "trading-session"}.get(name, name)
+    sessions = ("daily-session", "replay-day", *HUB_DEPLOYMENTS)
+    flow = "trading-session" if name in sessions else name
     response = api.get(f"/deployments/name/{flow}/{name}")
     response.raise_for_status()
     return response.json()
@@ -48,7 +50,32 @@ def test_prefect_yaml_is_the_one_definition():
     assert (schedule.schedule.cron, schedule.schedule.timezone) == ("25 9 * * 1-5", NEW_YORK.key)
     assert daily.entrypoint == "flows.session.trading_session"
     assert all(d.enforce_parameter_schema for d in built.values())
-    assert not any(d.schedules for name, d in built.items() if name != "daily-session")
+    scheduled = {name for name, d in built.items() if d.schedules}
+    assert scheduled == {"daily-session", *HUB_DEPLOYMENTS}
+
+
+def test_several_models_share_one_hub_and_one_account():
+    """The hub deployments: different models, overlapping symbols, one hub, Alpaca paper,
+    each at 09:25 New York, paused until the hub runs (a session without it fails)."""
+    built = {d.name: d for d in deployments.runner_deployments()}
+    configs = {
+        name: parse_session_config(built[name].parameters["config"]) for name in HUB_DEPLOYMENTS
+    }
+    assert {name: (c.model.name, c.symbols) for name, c in configs.items()} == {
+        "hub-volume-modulo": ("volume_modulo", ["SPY", "QQQ"]),
+        "hub-mean-reversion": ("mean_reversion", ["SPY"]),
+        "hub-opening-momentum": ("opening_momentum", ["QQQ", "AAPL"]),
+    }
+    assert {(c.feed.source, c.feed.url, c.broker.kind) for c in configs.values()} == {
+        ("hub", None, "alpaca")
+    }
+    for name in HUB_DEPLOYMENTS:
+        (schedule,) = built[name].schedules
+        assert (schedule.schedule.cron, schedule.schedule.timezone) == (
+            "25 9 * * 1-5",
+            NEW_YORK.key,
+        )
+        assert schedule.active is False
 
 
 @pytest.mark.parametrize(
@@ -88,9 +115,14 @@ def test_scheduled_runs_on_the_server_are_0925_new_york(served: PrefectServer):
             90,
             "the scheduler to create daily-session runs",
         )
+        hub_ids = [deployment(api, name)["id"] for name in HUB_DEPLOYMENTS]
+        hub_runs = api.post(
+            "/flow_runs/filter", json={"deployments": {"id": {"any_": hub_ids}}, "limit": 10}
+        ).json()
     for run in runs:
         at = datetime.fromisoformat(run["expected_start_time"]).astimezone(NEW_YORK)
         assert (at.hour, at.minute, at.weekday() < 5) == (9, 25, True), at
+    assert hub_runs == []  # paused until the hub runs
 
 
 @pytest.mark.slow

@@ -10,6 +10,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from tests.conftest import OPEN_FIXTURE, free_port
@@ -26,14 +28,21 @@ from tradeday.sources import HubSource, make_source
 
 DAY = date(2013, 9, 3)
 TRADES = recording.load(OPEN_FIXTURE)
-MODELS = ({"name": "volume_modulo"}, {"name": "mean_reversion"})
+# three models, their symbols overlapping (the two-session tests use the first two on ES)
+MODELS = (
+    ({"name": "volume_modulo"}, ["ES"]),
+    ({"name": "mean_reversion", "lookback": 20}, ["ES", "NQ"]),
+    ({"name": "ma_crossover", "fast_window": 5, "slow_window": 20}, ["NQ"]),
+)
 
 
-def session(tmp_path: Path, model: dict[str, Any], **feed: Any) -> TradingSession:
+def session(
+    tmp_path: Path, model: dict[str, Any], symbols: list[str] | None = None, **feed: Any
+) -> TradingSession:
     config = parse_session_config(
         {
             "model": model,
-            "symbols": ["ES"],
+            "symbols": symbols or ["ES"],
             "feed": feed,
             "ledger_url": f"sqlite:///{tmp_path / 'ledger.sqlite'}",
             "report_path": str(tmp_path / "r.duckdb"),
@@ -50,18 +59,41 @@ def run(s: TradingSession) -> SessionResult:
     return result
 
 
+def orders(s: TradingSession) -> list[tuple]:
+    assert s.ledger is not None
+    return [
+        (o.ts, o.symbol, o.side, o.qty, o.status, o.filled_qty, o.avg_fill_price)
+        for o in s.ledger.orders(s.run_id)
+    ]
+
+
 def fills(s: TradingSession) -> list[tuple]:
     assert s.ledger is not None
     return [(f.ts, f.symbol, f.side, f.qty, f.price) for f in s.ledger.fills(s.run_id)]
 
 
-def test_two_models_through_one_hub_trade_as_they_do_alone(
+def two_symbol_tape(rows: int = 2_000) -> pa.Table:
+    """The first ``rows`` ES trades, and a copy as NQ (at half the price, a share larger,
+    500 ns later), merged in time order: a short tape with two symbols to overlap on."""
+    es = TRADES.slice(0, rows)
+    nq = es.set_column(es.schema.get_field_index("symbol"), "symbol", pa.array(["NQ"] * rows))
+    for name, change in (("price", lambda c: pc.divide(c, 2.0)), ("size", lambda c: pc.add(c, 1))):
+        nq = nq.set_column(nq.schema.get_field_index(name), name, change(nq[name]))
+    nq = nq.set_column(nq.schema.get_field_index("ts"), "ts", pc.add(nq["ts"], 500))
+    return pa.concat_tables([es, nq]).sort_by("ts")
+
+
+def test_three_models_on_overlapping_symbols_through_one_hub_trade_as_they_do_alone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TRADEDAY_HUB_SECRET", SECRET)
+    tape = two_symbol_tape()
     port = free_port()
     with hub_on(f"ws://127.0.0.1:{port}") as hub:
-        sessions = [session(tmp_path / m["name"], m, source="hub", url=hub.url) for m in MODELS]
+        sessions = [
+            session(tmp_path / m["name"], m, symbols, source="hub", url=hub.url)
+            for m, symbols in MODELS
+        ]
         results: dict[str, SessionResult] = {}
         threads = [
             threading.Thread(target=lambda s=s: results.update({s.model_name: run(s)}))
@@ -69,27 +101,31 @@ def test_two_models_through_one_hub_trade_as_they_do_alone(
         ]
         for t in threads:
             t.start()
-        wait_for(lambda: len(hub._routes) == 2)  # both subscribed before the first trade
-        with upstream(TRADES, port=port, max_connections=1) as alpaca:
+        wait_for(lambda: len(hub._routes) == 3)  # all subscribed before the first trade
+        # the upstream allows one connection, as Alpaca does: the hub's
+        with upstream(tape, port=port, max_connections=1) as alpaca:
             for t in threads:
                 t.join(120)
                 assert not t.is_alive()
             assert alpaca.stats.authenticated == 1
+        assert hub.upstream_confirmed["trades"] == ["ES", "NQ"]  # the union, on one connection
     alone = {}
-    for m in MODELS:
-        with ReplayServer(TRADES) as direct:
-            s = session(tmp_path / f"alone-{m['name']}", m, url=direct.url)
-            alone[m["name"]] = (run(s), fills(s))
+    for m, symbols in MODELS:
+        with ReplayServer(tape) as direct:
+            s = session(tmp_path / f"alone-{m['name']}", m, symbols, url=direct.url)
+            alone[m["name"]] = (run(s), orders(s), fills(s))
             s.close()
-    for s in sessions:
+    for s, (_, symbols) in zip(sessions, MODELS, strict=True):
         result = results[s.model_name]
-        solo_result, solo_fills = alone[s.model_name]
-        assert result.ticks == 5_000 and result.final_positions == {}
-        assert result.fills > 0 and fills(s) == solo_fills  # its own fills, as if alone
+        solo_result, solo_orders, solo_fills = alone[s.model_name]
+        assert result.ticks == 2_000 * len(symbols) and result.final_positions == {}
+        assert {f[1] for f in fills(s)} == set(symbols)  # it traded every symbol it follows
+        assert orders(s) == solo_orders and fills(s) == solo_fills  # as if alone
         assert (result.orders, result.net) == (solo_result.orders, solo_result.net)
         assert s.engine.stop_reason == "end of data"
         s.close()
-    assert fills(sessions[0]) != fills(sessions[1])  # two models, two different books
+    books = [fills(s) for s in sessions]
+    assert len({tuple(b) for b in books}) == 3  # three models, three different books
 
 
 def test_a_missing_hub_or_secret_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -117,7 +153,7 @@ def test_sessions_reconnect_to_a_restarted_hub_and_end_flat(
     # 57 s of trades at 10x: about 6 s of session, the hub killed and back in the middle
     with upstream(TRADES, speed=10.0, max_connections=1) as alpaca:
         first = Hub(alpaca.url, ALPACA_KEY, ALPACA_SECRET, secret=SECRET, port=port).start()
-        sessions = [session(tmp_path / m["name"], m, source="hub", url=url) for m in MODELS]
+        sessions = [session(tmp_path / m["name"], m, source="hub", url=url) for m, _ in MODELS[:2]]
         results: dict[str, SessionResult] = {}
         threads = [
             threading.Thread(target=lambda s=s: results.update({s.model_name: run(s)}))

@@ -596,3 +596,80 @@ def test_a_tape_bug_is_reported_not_silent(monkeypatch: pytest.MonkeyPatch) -> N
         with pytest.raises(ConnectionClosed):
             recv(ws)
         assert ws.close_code == 1001
+
+
+def test_the_cli_sets_credentials_limits_and_faults() -> None:
+    from tests.conftest import BIN
+
+    options = ["--key", "fake-key-cli", "--secret", "cli-secret", "--max-connections", "2"]
+    options += ["--symbol-limit", "1", "--drop-after", "250", "--auth-timeout", "5"]
+    proc = subprocess.Popen(
+        [str(BIN / "tradeday"), "replay-server", "--data", str(FIXTURE), "--port", "0", *options],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        url = re.search(r"ws://\S+", line)
+        assert url, line
+
+        def connect(key: str, secret: str) -> tuple[Any, list[dict[str, Any]]]:
+            ws = websockets.sync.client.connect(url.group())
+            assert recv(ws) == [{"T": "success", "msg": "connected"}]
+            ws.send(orjson.dumps({"action": "auth", "key": key, "secret": secret}).decode())
+            return ws, recv(ws)
+
+        wrong, answer = connect("replay", "replay")  # the defaults no longer open it
+        assert answer == error(402, "auth failed")
+        first, answer = connect("fake-key-cli", "cli-secret")
+        assert answer == [{"T": "success", "msg": "authenticated"}]
+        second, answer = connect("fake-key-cli", "cli-secret")  # two allowed
+        assert answer == [{"T": "success", "msg": "authenticated"}]
+        third, answer = connect("fake-key-cli", "cli-secret")
+        assert answer == error(406, "connection limit exceeded")
+        first.send('{"action":"subscribe","trades":["ES","NQ"]}')
+        assert recv(first) == error(405, "symbol limit exceeded")
+        first.send('{"action":"subscribe","trades":["ES"]}')
+        assert recv(first)[0]["T"] == "subscription"
+        got: list[dict[str, Any]] = []
+        with pytest.raises(ConnectionClosed):
+            while True:
+                got += recv(first)
+        assert [m["i"] for m in got] == IDS[:250] and first.close_code == 1006
+        for ws in (wrong, second, third):
+            ws.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (
+            ["--max-connections", "0"],
+            "Invalid value for '--max-connections': Input should be greater than or equal to 1",
+        ),
+        (
+            ["--malformed", "nope", "--malformed-after", "5"],
+            "Invalid value for '--malformed': 'nope' is not one of truncated, unknown_type, missing_fields, non_monotonic",
+        ),
+        (
+            ["--malformed", "truncated"],
+            "Invalid value for '--malformed': --malformed needs --malformed-after N",
+        ),
+        (
+            ["--silent-for", "2"],
+            "Invalid value for '--silent-for': --silent-for needs --silent-after N",
+        ),
+    ],
+)
+def test_the_cli_names_a_bad_option_and_the_fix(args: list[str], says: str, capsys) -> None:
+    from tradeday.cli import main
+
+    assert main(["replay-server", "--data", str(FIXTURE), *args]) == 2
+    err = capsys.readouterr().err
+    assert says in " ".join(w for w in err.split() if w not in "│╭╮╰╯─")  # out of rich's box

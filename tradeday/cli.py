@@ -468,7 +468,7 @@ def replay_server(
     data: Annotated[
         Path, typer.Option(help="Parquet recording to serve.", exists=True, dir_okay=False)
     ],
-    port: Annotated[int, typer.Option(help="TCP port on 127.0.0.1 to listen on.")] = 8765,
+    port: Annotated[int, typer.Option(help="TCP port to listen on (on --host).")] = 8765,
     speed: Annotated[
         float | None,
         typer.Option(
@@ -486,11 +486,95 @@ def replay_server(
             show_default=False,
         ),
     ] = None,
+    host: Annotated[
+        str, typer.Option(help="Address to bind; a non-loopback one needs --allow-remote.")
+    ] = "127.0.0.1",
+    allow_remote: Annotated[
+        bool, typer.Option(help="Allow binding a non-loopback --host (anyone there can connect).")
+    ] = False,
+    key: Annotated[
+        str, typer.Option(help="Key clients must authenticate with (402 auth failed otherwise).")
+    ] = "replay",
+    secret: Annotated[
+        str,
+        typer.Option(
+            envvar="TRADEDAY_REPLAY_SECRET",
+            help="Secret clients must authenticate with; also from TRADEDAY_REPLAY_SECRET.",
+        ),
+    ] = "replay",
+    max_connections: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Authenticated connections at once; more get 406, as on Alpaca's plans."
+        ),
+    ] = 1,
+    symbol_limit: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Distinct symbols a connection may subscribe to; more get 405. Default: no limit.",
+            show_default=False,
+        ),
+    ] = None,
+    auth_timeout: Annotated[
+        float, typer.Option(min=0.001, help="Seconds a client has to authenticate (404 after).")
+    ] = 10.0,
+    batch: Annotated[int, typer.Option(min=1, help="Data messages per websocket frame.")] = 100,
+    drop_after: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Fault: after data message N, cut the TCP connection (the client sees 1006).",
+            show_default=False,
+        ),
+    ] = None,
+    drop_every: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Fault: cut again every M messages after --drop-after (alone: first at M).",
+            show_default=False,
+        ),
+    ] = None,
+    silent_after: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Fault: after data message N, send nothing for --silent-for seconds "
+            "(a stale connected stream).",
+            show_default=False,
+        ),
+    ] = None,
+    silent_for: Annotated[
+        float, typer.Option(min=0.0, help="Fault: seconds of silence after --silent-after.")
+    ] = 0.0,
+    malformed_after: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Fault: after data message N, send one bad frame per --malformed.",
+            show_default=False,
+        ),
+    ] = None,
+    malformed: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Fault: the bad frame, repeatable: truncated (default), unknown_type, "
+            "missing_fields or non_monotonic.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Serve a recording over Alpaca's market-data stream protocol (any Alpaca client connects)."""
+    """Serve a recording over Alpaca's market-data stream protocol (any Alpaca client connects).
+
+    With the limits and faults below it rehearses Alpaca's own: one connection (406), a
+    symbol limit (405), drops, silent streams and bad frames.
+    """
+    from typing import get_args
+
     from tradeday.calendar import EXCHANGE_TZ
     from tradeday.events import datetime_to_ns
-    from tradeday.replay.server import serve_forever
+    from tradeday.replay.server import Faults, Malformed, serve_forever
 
     start_ns = None
     if start:
@@ -505,7 +589,34 @@ def replay_server(
             raise typer.BadParameter(f"{start!r} is not HH:MM", param_hint="'--start'") from None
         local = datetime.combine(date_.date(), at)
         start_ns = datetime_to_ns(local.replace(tzinfo=EXCHANGE_TZ))
-    serve_forever(data, port=port, speed=speed, start_ns=start_ns)
+    kinds = tuple(malformed or ["truncated"])
+    if bad := [k for k in kinds if k not in get_args(Malformed)]:
+        raise typer.BadParameter(
+            f"{bad[0]!r} is not one of {', '.join(get_args(Malformed))}",
+            param_hint="'--malformed'",
+        )
+    if malformed and malformed_after is None:
+        raise typer.BadParameter(
+            "--malformed needs --malformed-after N", param_hint="'--malformed'"
+        )
+    if silent_for and silent_after is None:
+        raise typer.BadParameter("--silent-for needs --silent-after N", param_hint="'--silent-for'")
+    faults = Faults(drop_after, drop_every, silent_after, silent_for, malformed_after, kinds)
+    serve_forever(
+        data,
+        port=port,
+        speed=speed,
+        start_ns=start_ns,
+        host=host,
+        allow_remote=allow_remote,
+        key=key,
+        secret=secret,
+        max_connections=max_connections,
+        symbol_limit=symbol_limit,
+        auth_timeout=auth_timeout,
+        batch=batch,
+        faults=faults,
+    )
 
 
 @app.command(

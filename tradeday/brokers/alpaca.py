@@ -38,6 +38,16 @@ Alpaca's message; nothing raises into the engine. Network errors and 429/5xx are
 bounded, jittered exponential backoff; an order whose fate stays unknown is reported REJECTED
 and then checked on every poll, so if it did reach Alpaca its fills are still reported.
 
+Netting: Alpaca holds one position per symbol per account, shared by every session on it,
+and refuses an order that would take that position across zero ("insufficient qty available
+for order"): long 10, a sell of 15 must be a sell of 10, then, once it filled, a sell of 5.
+So when Alpaca refuses an order for that reason and the account's position is on the other
+side, the broker sends what closes it under the order's own ``client_order_id`` and, when
+that has filled, the rest as ``<id>-leg2`` (``-leg3``... if it must split again). To the
+engine it stays one order: one ACCEPTED, the first part a PARTIAL_FILL, the last a FILL, and
+:meth:`orders_of` folds the legs into their order. The session's ledger and flatten are its
+own as before: only the account's position nets.
+
 The keys live only inside the ``TradingClient``: they are never logged, and ``repr``/``str``
 of the broker and of its exceptions do not contain them.
 """
@@ -46,11 +56,12 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from queue import Empty, SimpleQueue
@@ -91,6 +102,9 @@ _NETWORK_ERRORS = (
     requests.exceptions.ChunkedEncodingError,
 )
 _DUPLICATE_ID = "client_order_id must be unique"
+_INSUFFICIENT_QTY = "insufficient qty available for order"
+_MAX_RESENDS = 3
+_LEG = re.compile(r"^(?P<parent>.+)-leg\d+$")
 _TERMINAL = frozenset(
     {
         OrderStatus.FILLED,
@@ -152,6 +166,26 @@ class FillStats:
     polls: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class _SendRest:
+    """The leg before filled: send what is left of the order ``parent``."""
+
+    parent: str
+
+
+@dataclass(slots=True)
+class _Split:
+    """An order sent in legs because it crosses the account's zero (under the broker's lock)."""
+
+    order: BrokerOrder
+    legs: int = 1
+    rest: int = 0
+    """Quantity not placed yet: sent when the working leg has filled."""
+    leg: str = ""
+    """``client_order_id`` of the leg at Alpaca now."""
+    canceled: bool = False
+
+
 class AlpacaError(BrokerError):
     """Alpaca refused a request that has no execution to carry the refusal."""
 
@@ -191,6 +225,8 @@ class _Tracked:
     status: OrderStatus
     filled_qty: Decimal = Decimal(0)
     filled_avg: Decimal = Decimal(0)
+    parent: str = ""
+    """For a second or later leg of a split order: the order it reports as."""
 
     def state(self) -> Execution:
         """The order as one record: cumulative filled qty and average price."""
@@ -301,6 +337,30 @@ def _decimal(value: str | float | None) -> Decimal:
     return Decimal(0) if value is None else Decimal(str(value))
 
 
+def _fold_legs(orders: Iterable[AccountOrder]) -> list[AccountOrder]:
+    """One row per order, oldest first: the ``-legN`` parts of a split order folded into it."""
+    folded: dict[str, AccountOrder] = {}
+    for order in sorted(orders, key=lambda o: (o.submitted_ns, o.client_order_id)):
+        match = _LEG.match(order.client_order_id)
+        first = folded.get(match["parent"]) if match else None
+        if first is None:
+            folded[order.client_order_id] = order
+            continue
+        filled = first.filled_qty + order.filled_qty
+        notional = (
+            first.filled_qty * first.filled_avg_price + order.filled_qty * order.filled_avg_price
+        )
+        folded[first.client_order_id] = replace(
+            first,
+            qty=first.qty + order.qty,
+            filled_qty=filled,
+            filled_avg_price=notional / filled if filled else 0.0,
+            status=order.status,
+            updated_ns=max(first.updated_ns, order.updated_ns),
+        )
+    return list(folded.values())
+
+
 class AlpacaPaperBroker(Broker):
     """Orders to an Alpaca (paper) account; see the module docstring for the mechanics.
 
@@ -342,6 +402,7 @@ class AlpacaPaperBroker(Broker):
         self._tracked: dict[str, _Tracked] = {}
         self._working: set[str] = set()
         self._unconfirmed: dict[str, BrokerOrder] = {}
+        self._splits: dict[str, _Split] = {}
         self._queue: SimpleQueue[object] = SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="alpaca-broker", daemon=True)
         self._stream = (
@@ -560,7 +621,7 @@ class AlpacaPaperBroker(Broker):
                     )
             following = page[-1].submitted_at - timedelta(microseconds=1) if page else since
             if len(page) < _MAX_ORDERS_PER_PAGE or following <= since:
-                return sorted(seen.values(), key=lambda o: (o.submitted_ns, o.client_order_id))
+                return _fold_legs(seen.values())
             since = following
 
     def cancel(self, broker_order_id: str) -> None:
@@ -590,6 +651,8 @@ class AlpacaPaperBroker(Broker):
                 return
             if isinstance(item, BrokerOrder):
                 self._send(item)
+            elif isinstance(item, _SendRest):
+                self._send_rest(item.parent)
             elif isinstance(item, _CancelRequest):
                 self._request_cancel(item.client_order_id)
             elif item is _RECONCILE:
@@ -612,7 +675,7 @@ class AlpacaPaperBroker(Broker):
     def _busy(self) -> bool:
         return bool(self._working or self._unconfirmed)
 
-    def _send(self, order: BrokerOrder) -> None:
+    def _send(self, order: BrokerOrder, attempt: int = 0) -> None:
         cid = order.client_order_id
         with self._lock:
             if cid in self._tracked:
@@ -627,10 +690,11 @@ class AlpacaPaperBroker(Broker):
         try:
             placed = self._worker_api.call(f"POST order {cid}", lambda c: c.submit_order(request))
         except APIError as err:
-            if _DUPLICATE_ID in _message(err):
+            message = _message(err)
+            if _DUPLICATE_ID in message:
                 self._adopt(order)
-            else:
-                self._reject(order, _message(err))
+            elif not (message.startswith(_INSUFFICIENT_QTY) and self._split(order, attempt)):
+                self._refuse(order, message)
             return
         except Exception as err:  # unreachable, or an answer we could not read
             if not isinstance(err, AlpacaUnavailable):
@@ -652,11 +716,95 @@ class AlpacaPaperBroker(Broker):
         with self._lock:
             self._follow(placed, baseline=False)
 
+    def _split(self, order: BrokerOrder, attempt: int) -> bool:
+        """Send the part of a refused order that takes the account's position to zero.
+
+        True when it did (the rest follows once that part filled), or when another session's
+        fill moved the position meanwhile so that the order now fits and went again (up to
+        ``_MAX_RESENDS`` times); False when the refusal was not about crossing zero, so it
+        stands.
+        """
+        try:
+            held = self._worker_api.call(
+                f"GET position {order.symbol}", lambda c: c.get_open_position(order.symbol), 0
+            )
+        except (APIError, AlpacaUnavailable):
+            return False  # no position (404): a short sell refused, not a crossing
+        qty = int(_decimal(held.qty))
+        available = abs(int(_decimal(held.qty_available or held.qty)))
+        closes = qty > 0 if order.side is Side.SELL else qty < 0
+        part = min(order.qty, available) if closes else 0
+        if part == order.qty and attempt < _MAX_RESENDS:
+            self._send(order, attempt + 1)
+            return True
+        if not 0 < part < order.qty:
+            return False
+        with self._lock:
+            parent = self._parent_of(order.client_order_id)
+            split = self._splits.setdefault(parent, _Split(order))
+            split.rest += order.qty - part
+        log.info(
+            "order %s %s %d %s crosses the account's position %d: %d now, %d once that filled",
+            order.client_order_id,
+            order.side.value,
+            order.qty,
+            order.symbol,
+            qty,
+            part,
+            order.qty - part,
+        )
+        self._send(replace(order, qty=part), attempt + 1)
+        return True
+
+    def _send_rest(self, parent: str) -> None:
+        """The working leg filled: place what is left as the next leg."""
+        with self._lock:
+            split = self._splits.get(parent)
+            if split is None or split.rest == 0:
+                return  # canceled meanwhile
+            split.legs += 1
+            leg = replace(split.order, client_order_id=f"{parent}-leg{split.legs}", qty=split.rest)
+            split.rest = 0
+        self._send(leg)
+
+    def _parent_of(self, cid: str) -> str:
+        """The order a leg reports as (caller holds the lock)."""
+        match = _LEG.match(cid)
+        return match["parent"] if match and match["parent"] in self._splits else cid
+
+    def _refuse(self, order: BrokerOrder, reason: str) -> None:
+        """Alpaca refused ``order``: a REJECTED execution, or for a later leg the order's end."""
+        with self._lock:
+            parent = self._parent_of(order.client_order_id)
+            split = self._splits.pop(parent, None)
+        if split is None or parent == order.client_order_id:
+            self._reject(order, reason)
+            return
+        log.warning("rest of order %s (%d) refused: %s", parent, order.qty, reason)
+        self.executions.append(
+            Execution(
+                client_order_id=parent,
+                kind=ExecType.CANCELED,
+                ts=time.time_ns(),
+                symbol=order.symbol,
+                side=order.side,
+                reason=f"rest of the order ({order.qty}) refused: {reason}",
+            )
+        )
+
     def _request_cancel(self, cid: str) -> None:
         """``DELETE /v2/orders/{id}``; the poll that follows reports the order's end."""
         with self._lock:
+            split = self._splits.get(cid)
+            if split is not None:
+                split.rest, split.canceled = 0, True  # what is not placed yet goes too
+                cid = split.leg or cid
             tracked = self._tracked.get(cid)
             working = cid in self._working
+            if split is not None and tracked is not None and not working:
+                del self._splits[split.order.client_order_id]  # between two legs
+                self._emit(tracked, ExecType.CANCELED, datetime.now(UTC), reason="canceled")
+                return
         if tracked is None or not working:
             log.info("cancel of %s: not a working order here; nothing to cancel", cid)
             return
@@ -806,6 +954,7 @@ class AlpacaPaperBroker(Broker):
         cid = order.client_order_id
         if cid in self._tracked:
             return self._tracked[cid]
+        parent = self._parent_of(cid)
         tracked = _Tracked(
             client_order_id=cid,
             symbol=str(order.symbol),
@@ -814,8 +963,11 @@ class AlpacaPaperBroker(Broker):
             submitted_at=order.submitted_at,
             updated_at=order.updated_at,
             status=OrderStatus.NEW,
+            parent="" if parent == cid else parent,
         )
         self._tracked[cid] = tracked
+        if parent in self._splits:
+            self._splits[parent].leg = cid
         if baseline:
             tracked.status = OrderStatus(order.status)
             tracked.filled_qty = _decimal(order.filled_qty)
@@ -824,7 +976,8 @@ class AlpacaPaperBroker(Broker):
                 self._working.add(cid)
             return tracked
         self._working.add(cid)
-        self._emit(tracked, ExecType.ACCEPTED, order.submitted_at)
+        if not tracked.parent:  # a later leg is the same order, accepted already
+            self._emit(tracked, ExecType.ACCEPTED, order.submitted_at)
         self._apply(tracked, order)
         return tracked
 
@@ -842,6 +995,10 @@ class AlpacaPaperBroker(Broker):
         qty = _decimal(order.filled_qty)
         avg = _decimal(order.filled_avg_price)
         status = OrderStatus(order.status)
+        parent = tracked.parent or tracked.client_order_id
+        split = self._splits.get(parent)
+        rest = split is not None and split.rest > 0
+        cut = split is not None and split.canceled
         if qty > tracked.filled_qty:
             delta = qty - tracked.filled_qty
             if exact is not None and exact[0] == delta:
@@ -852,7 +1009,7 @@ class AlpacaPaperBroker(Broker):
                 self.stats.fills_from_stream += 1
             else:
                 self.stats.fills_from_poll += 1
-            done = status is OrderStatus.FILLED
+            done = status is OrderStatus.FILLED and not (rest or cut)
             kind = ExecType.FILL if done else ExecType.PARTIAL_FILL
             at = order.filled_at if done and order.filled_at else order.updated_at
             self._emit(tracked, kind, at, qty=int(delta), price=float(price))
@@ -872,7 +1029,13 @@ class AlpacaPaperBroker(Broker):
         tracked.updated_at = order.updated_at
         if status in _TERMINAL:
             self._working.discard(tracked.client_order_id)
-            if status is OrderStatus.REJECTED:
+            if status is OrderStatus.FILLED and rest:
+                self._queue.put(_SendRest(parent))
+                return
+            self._splits.pop(parent, None)
+            if status is OrderStatus.FILLED and cut:
+                self._emit(tracked, ExecType.CANCELED, order.updated_at, reason="canceled")
+            elif status is OrderStatus.REJECTED:
                 self._emit(tracked, ExecType.REJECTED, order.updated_at, reason="rejected")
             elif status in _ENDED:
                 self._emit(tracked, ExecType.CANCELED, order.updated_at, reason=status.value)
@@ -888,7 +1051,7 @@ class AlpacaPaperBroker(Broker):
     ) -> None:
         self.executions.append(
             Execution(
-                client_order_id=tracked.client_order_id,
+                client_order_id=tracked.parent or tracked.client_order_id,
                 kind=kind,
                 ts=datetime_to_ns(at),
                 symbol=tracked.symbol,
