@@ -324,7 +324,13 @@ def _kill_and_recover(server, monkeypatch, tmp_path, open_fixture, session_paths
     at_kill = posts(server)
 
     # the next session, on the same account: its recover task runs before it trades
-    rest = {**raw, "feed": {"recording": str(open_fixture)}}
+    # at full speed and the model's default moduli: a few dozen orders, not thousands, so
+    # its flatten does not wait on a backlog of the test server's fills on a loaded machine
+    rest = {
+        **raw,
+        "model": {"name": "volume_modulo", "quantity": 1},
+        "feed": {"recording": str(open_fixture)},
+    }
     result = trading_session(config=parse_session_config(rest), session_date=date(2013, 9, 3))
 
     assert (result["status"], result["final_positions"]) == ("completed", {})

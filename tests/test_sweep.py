@@ -126,7 +126,9 @@ def test_comparison_figures_from_the_daily_rows():
 def test_report_keeps_whole_combinations_and_migrates_a_v3_file(tmp_path):
     path = tmp_path / "reports.duckdb"
     con = report.connect(path, read_only=False)
-    con.execute(report.DDL.replace(report.SWEEP_DDL, ""))
+    # version 3's tables: version 5's without the sweeps (v4), orders.tif and carried (v5)
+    v3 = report.DDL.replace(report.SWEEP_DDL, "").replace(report.CARRIED_DDL, "")
+    con.execute(v3.replace(", tif VARCHAR", ""))
     con.execute("INSERT INTO meta VALUES ('schema_version', '3')")
     con.close()
     plan = small_plan()
@@ -140,7 +142,7 @@ def test_report_keeps_whole_combinations_and_migrates_a_v3_file(tmp_path):
     assert json.loads(row["closed_days"]) == {"2023-01-16": "Dr. Martin Luther King Jr. Day"}
     assert daily["net"].tolist() == [r.net for r in first]
     con = report.connect(path, read_only=True)
-    assert report.schema_version(con) == report.REPORT_SCHEMA_VERSION == 4
+    assert report.schema_version(con) == report.REPORT_SCHEMA_VERSION == 5
     con.close()
     text = sweep_report.sweep_markdown(path, plan.sweep_id)
     assert "cancelled, 1/4 combinations, 3 days" in text

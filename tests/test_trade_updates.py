@@ -7,6 +7,7 @@ the hub with real websockets and real HTTP against that server.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -246,7 +247,12 @@ def test_stream_and_polling_together_apply_each_fill_once(
         assert [e.kind for e in mine][-1] is ExecType.FILL
     s = broker.stats
     assert s.fills_from_stream + s.fills_from_poll == len(fills)
-    assert s.fills_from_stream > 0 and s.polls > 0
+    # Which path sees a fill first is a race (under load the 20 ms poll may win them all);
+    # what must hold is that every event arrived and was applied or recognised as stale.
+    sent = server.trade_updates
+    wait_until(lambda: s.stream_events == len(sent), 10, "every event delivered", 0.02)
+    fill_events = sum(1 for d in sent if d["event"] in ("fill", "partial_fill"))
+    assert fill_events == 60 and s.polls > 0
 
 
 def test_a_cut_stream_falls_back_to_polling_and_reconciles_when_back(
@@ -437,16 +443,19 @@ def same_fills_as_the_server(s: TradingSession, server: AlpacaTestServer) -> int
     no share twice, none missing. Returns how many fill rows the ledger has."""
     assert s.ledger is not None
     prefix = order_prefix(s.run_id)
-    at_server = {
-        o["client_order_id"]: o for o in server.orders if o["client_order_id"].startswith(prefix)
-    }
+    at_server: dict[str, list[dict[str, Any]]] = {}
+    for o in server.orders:  # an order split at the account's zero is sent as -legN parts
+        if o["client_order_id"].startswith(prefix):
+            parent = re.sub(r"-leg\d+$", "", o["client_order_id"])
+            at_server.setdefault(parent, []).append(o)
     fills = s.ledger.fills(s.run_id)
     assert at_server and {f.client_order_id for f in fills} == set(at_server)
-    for cid, o in at_server.items():
+    for cid, legs in at_server.items():
         mine = [f for f in fills if f.client_order_id == cid]
-        assert sum(f.qty for f in mine) == int(o["filled_qty"]) == int(o["qty"])
+        assert all(int(o["filled_qty"]) == int(o["qty"]) for o in legs)
+        assert sum(f.qty for f in mine) == sum(int(o["qty"]) for o in legs)
         assert sum(f.qty * f.price for f in mine) == pytest.approx(
-            int(o["qty"]) * float(o["filled_avg_price"])
+            sum(int(o["qty"]) * float(o["filled_avg_price"]) for o in legs)
         )
     assert sum(f.signed_qty for f in fills) == 0
     return len(fills)
