@@ -424,8 +424,8 @@ class AlpacaPaperBroker(Broker):
         ``new``, ``accepted`` and the ``pending_*`` events change nothing the POST answer
         did not say already: they are counted and dropped here, off the worker.
         """
+        self.stats.stream_events += 1  # counted on this thread only
         if data.get("event") not in _CHANGES:
-            self.stats.stream_events += 1
             return
         self._updates.append(data)
         self._queue.put(_WAKE)
@@ -913,7 +913,6 @@ class AlpacaPaperBroker(Broker):
 
     def _on_update(self, data: dict[str, Any]) -> None:
         """Apply one ``trade_updates`` event to the order it names, if it shows anything new."""
-        self.stats.stream_events += 1
         raw = data.get("order") or {}
         cid = raw.get("client_order_id")
         event = data.get("event")
