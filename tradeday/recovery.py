@@ -262,7 +262,7 @@ def close_carried(
         coid = f"{row.from_run_id}-uncarry-{row.symbol}"
         now = time.time_ns() if run.feed != "replay" else row.carried_ns
         if row.status is CarryStatus.QUEUED:
-            batch, working = _confirm_queued(broker, run, coid, row, now)
+            batch, working = _confirm_queued(ledger, broker, run, row, now)
         else:
             batch = _offset(
                 broker,
@@ -294,20 +294,42 @@ def close_carried(
 
 
 def _confirm_queued(
-    broker: Broker, run: RunRow, coid: str, row: CarriedRecord, now: int
+    ledger: Ledger, broker: Broker, run: RunRow, row: CarriedRecord, now: int
 ) -> tuple[Batch, bool]:
-    """What became of a close queued at the broker: its fill and the order's new state as a
-    batch for the run, and whether it is still working."""
-    state = broker.find_order(coid)
-    if state is None or state.kind in (ExecType.ACCEPTED, ExecType.PARTIAL_FILL):
+    """What became of a close queued at the broker: its fills, its orders' new states and
+    the run's position as a batch for the run, and whether any is still working.
+
+    The queued closes are the run's orders of the symbol still open in its ledger (a
+    session's flatten, or flatten-now's ``-uncarry-`` order); the broker says what they
+    became, so nothing is ever sent again for them.
+    """
+    orders = [o for o in ledger.orders(run.run_id) if o.symbol == row.symbol and o.status.is_open]
+    states = {o.client_order_id: broker.find_order(o.client_order_id) for o in orders}
+    if any(
+        s is None or s.kind in (ExecType.ACCEPTED, ExecType.PARTIAL_FILL) for s in states.values()
+    ):
         return Batch(), True
-    if state.kind is not ExecType.FILL:
-        update = OrderUpdate(coid, OrderStatus(state.kind.value), 0, 0.0, state.reason)
-        return Batch(order_updates=[update]), False
-    side = Side.SELL if row.qty > 0 else Side.BUY
-    fill = _fill(run, coid, row.symbol, side, state.qty, state.price, state.fee, now)
-    update = OrderUpdate(coid, OrderStatus.FILLED, state.qty, state.price, "filled at the open")
-    return Batch(order_updates=[update], fills=[fill]), False
+    batch = Batch()
+    for order in orders:
+        state = states[order.client_order_id]
+        assert state is not None
+        coid = order.client_order_id
+        if state.kind is not ExecType.FILL:
+            update = OrderUpdate(coid, OrderStatus(state.kind.value), 0, 0.0, state.reason)
+            batch.order_updates.append(update)
+            continue
+        batch.fills.append(
+            _fill(run, coid, row.symbol, order.side, state.qty, state.price, state.fee, now)
+        )
+        update = OrderUpdate(coid, OrderStatus.FILLED, state.qty, state.price, "filled at the open")
+        batch.order_updates.append(update)
+    if batch.fills:  # the run's position in the symbol, with the fills at the open
+        book = _book(
+            ledger.fills(run.run_id) + batch.fills, ledger.carried(taken_run_id=run.run_id)
+        )
+        position = book.positions[row.symbol]
+        batch.positions = [_position(run, row.symbol, position, batch.fills[-1].price, now)]
+    return batch, False
 
 
 def _offset(
