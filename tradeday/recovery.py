@@ -284,7 +284,7 @@ def close_carried(
             row.message = f"flatten queued for the next open ({coid}), by {by}"
         else:
             row.status = CarryStatus.OPEN
-            row.message = f"{by}: the close {coid} did not fill; still carried"
+            row.message = f"{by}: the close of {row.symbol} did not fill; still carried"
         batch.carried = [row]
         ledger.write(batch, run.run_id)
         if filled:
