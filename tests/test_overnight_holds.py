@@ -483,3 +483,75 @@ def test_closing_a_carried_position_outside_hours_is_queued_not_flat(tmp_path):
         assert [(f.side, f.qty, f.price) for f in ledger.fills(RUN)] == [("sell", 10, 135.5)]
         (order,) = ledger.orders(RUN)
         assert (order.status, order.filled_qty) == (OrderStatus.FILLED, 10)
+
+
+def test_a_crashed_runs_close_queued_after_hours_is_confirmed_not_resent(tmp_path):
+    """Recovery after hours: Alpaca queues its close for the next open. The run is crashed
+    with "flatten queued", not STILL OPEN; later passes send nothing and confirm the fill."""
+    key, secret = "fake-key-overnight-2", "overnight-test-secret"
+    with (
+        AlpacaTestServer(
+            key_id=key,
+            secret_key=secret,
+            fill_price={"AAPL": 135.5},
+            allow_short=True,
+            is_open=False,
+        ) as server,
+        Ledger(f"sqlite:///{tmp_path / 'l.sqlite'}") as ledger,
+    ):
+        cfg = parse_session_config({"broker": {"kind": "alpaca", "alpaca_url": server.url}})
+        account = account_of(cfg, Credentials(key, secret))
+        crashed_run(ledger, {"close_shares": 10, "max_overnight_position": 0})
+        ledger.engine.dispose()
+        with ledger.engine.begin() as con:  # the same run, live on this Alpaca account
+            con.execute(
+                text("UPDATE runs SET broker='alpaca', feed='iex', account=:a WHERE run_id=:r"),
+                {"a": account, "r": RUN},
+            )
+
+        def broker() -> AlpacaPaperBroker:
+            return AlpacaPaperBroker(key, secret, base_url=server.url)
+
+        b = broker()
+        try:
+            (rec,) = recover(ledger, b, account, by="a test", timeout_s=2.0)
+        finally:
+            b.close()
+        coid = f"{RUN}-recover-AAPL-1"
+        assert (rec.closed, rec.queued, rec.left) == ({"AAPL": -15}, {"AAPL": -15}, {})
+        run = ledger.run(RUN)
+        assert run.status == "crashed" and "flatten queued for the next open: {'AAPL': -15}" in (
+            run.message
+        )
+        assert "STILL OPEN" not in run.message
+        (row,) = ledger.carried()
+        assert (row.status, row.qty, row.message) == (
+            CarryStatus.QUEUED,
+            15,
+            f"flatten queued for the next open ({coid}), by a test",
+        )
+
+        def again(queued_only: bool) -> dict[str, int]:
+            b = broker()
+            try:
+                assert recover(ledger, b, account, by="a test", timeout_s=2.0) == []
+                return close_carried(
+                    ledger, b, account, by="a test", timeout_s=2.0, queued_only=queued_only
+                )
+            finally:
+                b.close()
+
+        assert again(queued_only=False) == {}  # still queued: nothing sent
+        assert [o["client_order_id"] for o in server.orders] == [coid]
+        server.open_market()
+        assert again(queued_only=True) == {"AAPL": -15}
+        assert [o["client_order_id"] for o in server.orders] == [coid]
+        (row,) = ledger.carried()
+        assert (row.status, row.message) == (CarryStatus.CLOSED, "closed by a test")
+        assert [(f.side, f.qty, f.price) for f in ledger.fills(RUN)] == [
+            ("buy", 15, 130.0),
+            ("sell", 15, 135.5),
+        ]
+        ((symbol, qty),) = [(p.symbol, p.qty) for p in ledger.positions(RUN)]
+        assert (symbol, qty) == ("AAPL", 0)
+        assert server.positions == {"AAPL": -15}  # the test server never saw the buy
