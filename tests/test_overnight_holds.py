@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,12 +19,13 @@ from itertools import pairwise
 import pandas as pd
 import pytest
 from conftest import wait_until
+from rich.console import Console
 from sqlalchemy import create_engine, text
 
 from flows.replay_range import replay_range_flow
 from flows.session import trading_session
 from tests.alpaca_server import AlpacaTestServer
-from tradeday import recording
+from tradeday import recording, report_cli
 from tradeday.brokers.alpaca import AlpacaPaperBroker
 from tradeday.brokers.simulated import SimulatedBroker
 from tradeday.calendar import session_window
@@ -82,7 +84,7 @@ def report_rows(path: str, sql: str) -> list[tuple]:
 
 
 def test_buy_close_sell_open_holds_each_night_through_the_ledger_and_the_report(
-    prefect_harness, session_paths
+    prefect_harness, session_paths, monkeypatch
 ):
     raw = config(session_paths)
     day1 = trading_session(config=parse_session_config(raw), session_date=DAYS[0])
@@ -131,6 +133,16 @@ def test_buy_close_sell_open_holds_each_night_through_the_ledger_and_the_report(
         "FROM overnight_pnl ORDER BY session_date",
     )
     assert nights == [tuple(pytest.approx(v) for v in row) for row in expected]
+    # tradeday report shows the same nights per model and symbol, from the same view
+    console = Console(width=200, record=True)
+    monkeypatch.setattr(report_cli, "Console", lambda **_: console)
+    assert report_cli.run(raw["report_path"], last=len(DAYS)) == 0
+    out = console.export_text()
+    total = sum(row[-1] for row in expected)
+    assert re.search(
+        rf"buy_close_sell_open +AAPL +{len(expected)} +{SHARES * len(expected)} +{total:,.2f}\b",
+        out,
+    ), out
     with Ledger(raw["ledger_url"]) as ledger:
         carried = ledger.carried()
         for row, nxt in zip(carried, sessions[1:], strict=False):
