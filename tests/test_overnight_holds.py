@@ -140,7 +140,8 @@ def test_buy_close_sell_open_holds_each_night_through_the_ledger_and_the_report(
     out = console.export_text()
     total = sum(row[-1] for row in expected)
     assert re.search(
-        rf"buy_close_sell_open +AAPL +{len(expected)} +{SHARES * len(expected)} +{total:,.2f}\b",
+        rf"buy_close_sell_open[ │]+AAPL[ │]+{len(expected)}[ │]+{SHARES * len(expected)}"
+        rf"[ │]+{re.escape(f'{total:,.2f}')} │",
         out,
     ), out
     with Ledger(raw["ledger_url"]) as ledger:
