@@ -229,6 +229,9 @@ class AlpacaTestServer:
         self.halt_after_orders: int | None = None
         """Accept this many orders, then refuse every new one with 403, as a venue refuses
         orders in a halted asset: what leaves a session unable to flatten."""
+        self.close_after_orders: int | None = None
+        """Close the market once this many orders were placed: later ones queue for the next
+        open, as orders sent after hours do (a live session stopped after the close)."""
         """Seconds added before each answer, to show that callers do not block on HTTP."""
         self.requests: deque[tuple[str, str]] = deque(maxlen=100_000)
         """(method, path) of the requests received (the latest 100 000), to assert traffic."""
@@ -470,6 +473,11 @@ class AlpacaTestServer:
             limit_price = self._positive_price(payload.get("limit_price"))
         if client_order_id in self._book.by_client_id:
             raise _ApiError(422, _CODE_UNPROCESSABLE, "client_order_id must be unique")
+        if (
+            self.close_after_orders is not None
+            and len(self._book.orders) >= self.close_after_orders
+        ):
+            self.is_open = False
         price = self._lookup_price(symbol)
         self._check_funds(symbol, side, qty, limit_price or price)
         now = datetime.now(UTC)

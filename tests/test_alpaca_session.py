@@ -22,11 +22,13 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import StateType
 
+from flows.maintenance import flatten_now
 from flows.session import SessionFailed, session_result, trading_session
 from tests.alpaca_server import AlpacaTestServer
 from tradeday import recording
 from tradeday.config import parse_session_config
 from tradeday.ledger import Ledger
+from tradeday.records import CarryStatus, OrderStatus
 from tradeday.wiring import Credentials, account_of
 
 DAY = date(2013, 9, 3)
@@ -242,3 +244,55 @@ def test_refusals_422_are_recorded_as_rejections(keys, session_paths):
     assert {(o.status, o.reason) for o in orders} == {("rejected", "asset 'ES' not found")}
     assert result["counters"]["rejections"] == len(orders)
     assert (result["status"], result["fills"], result["final_positions"]) == ("completed", 0, {})
+
+
+def test_a_flatten_after_the_close_is_queued_then_confirmed_at_the_next_open(
+    keys, server, session_paths
+):
+    """The market closes after the model's orders (a live session ending after hours):
+    Alpaca queues the flatten for the next open. The run says so instead of flat or NOT
+    FLAT, flatten-now while it is queued sends nothing, and after the open it confirms the
+    fill from the broker: the ledger gets it and the run's book is flat."""
+    sides = model_sides(FIXTURE)
+    server.close_after_orders = len(sides)
+    net = sum(5 if s == "buy" else -5 for s in sides)
+    assert net
+    result = trading_session(config=config(server, FIXTURE, session_paths), session_date=DAY)
+    run_id = result["run_id"]
+    flatten = f"{run_id}-{len(sides) + 1}"
+    assert (result["status"], result["final_positions"]) == ("completed", {"ES": net})
+    assert result["message"].startswith(
+        f"ended at end of data; flatten queued for the next open: {{'ES': {-net}}}"
+    ), result["message"]
+    assert "NOT FLAT" not in result["message"]
+    ids = [o["client_order_id"] for o in server.orders]
+    assert ids == [f"{run_id}-{n}" for n in range(1, len(sides) + 2)]
+    assert server.orders[-1]["status"] == "new" and server.positions == {"ES": net}
+    with Ledger(session_paths["ledger_url"]) as ledger:
+        (row,) = ledger.carried()
+        assert (row.status, row.qty, row.from_run_id) == (CarryStatus.QUEUED, net, run_id)
+        assert row.message == f"flatten queued for the next open ({flatten})"
+        assert ledger.take_carried("volume_modulo", "alpaca", row.account, "r2", 0) == []
+
+    paths = {k: session_paths[k] for k in ("ledger_url", "report_path")}
+    broker = {"kind": "alpaca", "alpaca_url": server.url}
+    flatten_now(broker=broker, include_carried=True, **paths)  # still queued: nothing sent
+    assert [o["client_order_id"] for o in server.orders] == ids
+    with Ledger(session_paths["ledger_url"]) as ledger:
+        assert ledger.carried()[0].status is CarryStatus.QUEUED
+
+    server.open_market()
+    assert server.positions == {}
+    flatten_now(broker=broker, **paths)  # as the next session's recover step does
+    assert [o["client_order_id"] for o in server.orders] == ids  # never a second close
+    with Ledger(session_paths["ledger_url"]) as ledger:
+        (row,) = ledger.carried()
+        assert (row.status, row.message) == (CarryStatus.CLOSED, "closed by flatten-now")
+        fills = ledger.fills(run_id)
+        assert sum(f.qty if f.side == "buy" else -f.qty for f in fills) == 0
+        (last,) = [f for f in fills if f.client_order_id == flatten]
+        assert (last.side, last.qty, last.price) == ("sell" if net > 0 else "buy", abs(net), PRICE)
+        (order,) = [o for o in ledger.orders(run_id) if o.client_order_id == flatten]
+        assert (order.status, order.filled_qty) == (OrderStatus.FILLED, abs(net))
+        ((symbol, qty),) = [(p.symbol, p.qty) for p in ledger.positions(run_id)]
+        assert (symbol, qty) == ("ES", 0)

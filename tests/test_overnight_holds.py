@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,12 +19,13 @@ from itertools import pairwise
 import pandas as pd
 import pytest
 from conftest import wait_until
+from rich.console import Console
 from sqlalchemy import create_engine, text
 
 from flows.replay_range import replay_range_flow
 from flows.session import trading_session
 from tests.alpaca_server import AlpacaTestServer
-from tradeday import recording
+from tradeday import recording, report_cli
 from tradeday.brokers.alpaca import AlpacaPaperBroker
 from tradeday.brokers.simulated import SimulatedBroker
 from tradeday.calendar import session_window
@@ -82,7 +84,7 @@ def report_rows(path: str, sql: str) -> list[tuple]:
 
 
 def test_buy_close_sell_open_holds_each_night_through_the_ledger_and_the_report(
-    prefect_harness, session_paths
+    prefect_harness, session_paths, monkeypatch
 ):
     raw = config(session_paths)
     day1 = trading_session(config=parse_session_config(raw), session_date=DAYS[0])
@@ -131,6 +133,17 @@ def test_buy_close_sell_open_holds_each_night_through_the_ledger_and_the_report(
         "FROM overnight_pnl ORDER BY session_date",
     )
     assert nights == [tuple(pytest.approx(v) for v in row) for row in expected]
+    # tradeday report shows the same nights per model and symbol, from the same view
+    console = Console(width=200, record=True)
+    monkeypatch.setattr(report_cli, "Console", lambda **_: console)
+    assert report_cli.run(raw["report_path"], last=len(DAYS)) == 0
+    out = console.export_text()
+    total = sum(row[-1] for row in expected)
+    assert re.search(
+        rf"buy_close_sell_open[ │]+AAPL[ │]+{len(expected)}[ │]+{SHARES * len(expected)}"
+        rf"[ │]+{re.escape(f'{total:,.2f}')} │",
+        out,
+    ), out
     with Ledger(raw["ledger_url"]) as ledger:
         carried = ledger.carried()
         for row, nxt in zip(carried, sessions[1:], strict=False):
@@ -483,3 +496,75 @@ def test_closing_a_carried_position_outside_hours_is_queued_not_flat(tmp_path):
         assert [(f.side, f.qty, f.price) for f in ledger.fills(RUN)] == [("sell", 10, 135.5)]
         (order,) = ledger.orders(RUN)
         assert (order.status, order.filled_qty) == (OrderStatus.FILLED, 10)
+
+
+def test_a_crashed_runs_close_queued_after_hours_is_confirmed_not_resent(tmp_path):
+    """Recovery after hours: Alpaca queues its close for the next open. The run is crashed
+    with "flatten queued", not STILL OPEN; later passes send nothing and confirm the fill."""
+    key, secret = "fake-key-overnight-2", "overnight-test-secret"
+    with (
+        AlpacaTestServer(
+            key_id=key,
+            secret_key=secret,
+            fill_price={"AAPL": 135.5},
+            allow_short=True,
+            is_open=False,
+        ) as server,
+        Ledger(f"sqlite:///{tmp_path / 'l.sqlite'}") as ledger,
+    ):
+        cfg = parse_session_config({"broker": {"kind": "alpaca", "alpaca_url": server.url}})
+        account = account_of(cfg, Credentials(key, secret))
+        crashed_run(ledger, {"close_shares": 10, "max_overnight_position": 0})
+        ledger.engine.dispose()
+        with ledger.engine.begin() as con:  # the same run, live on this Alpaca account
+            con.execute(
+                text("UPDATE runs SET broker='alpaca', feed='iex', account=:a WHERE run_id=:r"),
+                {"a": account, "r": RUN},
+            )
+
+        def broker() -> AlpacaPaperBroker:
+            return AlpacaPaperBroker(key, secret, base_url=server.url)
+
+        b = broker()
+        try:
+            (rec,) = recover(ledger, b, account, by="a test", timeout_s=2.0)
+        finally:
+            b.close()
+        coid = f"{RUN}-recover-AAPL-1"
+        assert (rec.closed, rec.queued, rec.left) == ({"AAPL": -15}, {"AAPL": -15}, {})
+        run = ledger.run(RUN)
+        assert run.status == "crashed" and "flatten queued for the next open: {'AAPL': -15}" in (
+            run.message
+        )
+        assert "STILL OPEN" not in run.message
+        (row,) = ledger.carried()
+        assert (row.status, row.qty, row.message) == (
+            CarryStatus.QUEUED,
+            15,
+            f"flatten queued for the next open ({coid}), by a test",
+        )
+
+        def again(queued_only: bool) -> dict[str, int]:
+            b = broker()
+            try:
+                assert recover(ledger, b, account, by="a test", timeout_s=2.0) == []
+                return close_carried(
+                    ledger, b, account, by="a test", timeout_s=2.0, queued_only=queued_only
+                )
+            finally:
+                b.close()
+
+        assert again(queued_only=False) == {}  # still queued: nothing sent
+        assert [o["client_order_id"] for o in server.orders] == [coid]
+        server.open_market()
+        assert again(queued_only=True) == {"AAPL": -15}
+        assert [o["client_order_id"] for o in server.orders] == [coid]
+        (row,) = ledger.carried()
+        assert (row.status, row.message) == (CarryStatus.CLOSED, "closed by a test")
+        assert [(f.side, f.qty, f.price) for f in ledger.fills(RUN)] == [
+            ("buy", 15, 130.0),
+            ("sell", 15, 135.5),
+        ]
+        ((symbol, qty),) = [(p.symbol, p.qty) for p in ledger.positions(RUN)]
+        assert (symbol, qty) == ("AAPL", 0)
+        assert server.positions == {"AAPL": -15}  # the test server never saw the buy

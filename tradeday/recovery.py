@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 from models.base import overnight_allowance
 from tradeday.book import Book, Position
-from tradeday.brokers.base import Broker, BrokerOrder, ExecType, OrderHistory
+from tradeday.brokers.base import Broker, BrokerError, BrokerOrder, ExecType, OrderHistory
 from tradeday.engine import order_prefix
 from tradeday.events import MINUTE_NS, NS_PER_S, Side
 from tradeday.journal import replay_journal
@@ -76,6 +76,7 @@ class Recovered:
     left: dict[str, int] = field(default_factory=dict)
     carried: dict[str, int] = field(default_factory=dict)
     returned: dict[str, int] = field(default_factory=dict)
+    queued: dict[str, int] = field(default_factory=dict)
 
 
 def _process_alive(pid: int) -> bool:
@@ -179,6 +180,8 @@ def _recover_run(
     batch = _offset(broker, run, closing, prices, now, f"recovery after a crash, by {by}", deadline)
     rec.fills = len(batch.fills)
     ledger.write(batch, run.run_id)
+    queued = _queued_at_broker(broker, run, batch, excess, book, prices, now, by)
+    rec.queued = {c.symbol: -c.qty for c in queued}
 
     for f in batch.fills:
         book.apply_fill(f.symbol, f.signed_qty, f.price, f.fee)
@@ -191,7 +194,10 @@ def _recover_run(
         for c in returned
         if c.symbol not in book.positions
     ]
-    batch.carried = returned
+    batch.carried = returned + queued
+    after_queued = {  # what is left once the queued closes fill
+        s: q - excess[s] if s in rec.queued else q for s, q in book.open_positions().items()
+    }
     if hold:  # what its model may hold overnight is carried, not sold (docs/operations.md)
         batch.carried += [
             CarriedRecord(
@@ -208,17 +214,19 @@ def _recover_run(
                 carried_ns=now,
                 message=f"held by a crashed run; carried by {by}",
             )
-            for symbol, qty in sorted(book.open_positions().items())
-            if abs(qty) <= hold
+            for symbol, qty in sorted(after_queued.items())
+            if qty and abs(qty) <= hold
         ]
-        rec.carried = {c.symbol: c.qty for c in batch.carried}
+        rec.carried = {c.symbol: c.qty for c in batch.carried if c.status is CarryStatus.OPEN}
     ledger.write(batch, run.run_id)
     rec.returned = {c.symbol: c.qty for c in returned}
-    rec.left = {s: q for s, q in book.open_positions().items() if s not in rec.carried}
+    rec.left = {s: q for s, q in book.open_positions().items() if s not in rec.carried | rec.queued}
     message = f"crashed; recovered by {by}"
     if rec.synced:
         message += f": {rec.synced} orders/fills taken from the broker"
     message += f"; closed {rec.closed or 'nothing'}"
+    if rec.queued:
+        message += f"; flatten queued for the next open: {rec.queued}"
     if rec.carried:
         message += f"; carried for the next session {rec.carried}"
     if returned:
@@ -262,7 +270,7 @@ def close_carried(
         coid = f"{row.from_run_id}-uncarry-{row.symbol}"
         now = time.time_ns() if run.feed != "replay" else row.carried_ns
         if row.status is CarryStatus.QUEUED:
-            batch, working = _confirm_queued(broker, run, coid, row, now)
+            batch, working = _confirm_queued(ledger, broker, run, row, now)
         else:
             batch = _offset(
                 broker,
@@ -284,7 +292,7 @@ def close_carried(
             row.message = f"flatten queued for the next open ({coid}), by {by}"
         else:
             row.status = CarryStatus.OPEN
-            row.message = f"{by}: the close {coid} did not fill; still carried"
+            row.message = f"{by}: the close of {row.symbol} did not fill; still carried"
         batch.carried = [row]
         ledger.write(batch, run.run_id)
         if filled:
@@ -293,21 +301,85 @@ def close_carried(
     return closed
 
 
+def _queued_at_broker(
+    broker: Broker,
+    run: RunRow,
+    batch: Batch,
+    excess: dict[str, int],
+    book: Book,
+    prices: dict[str, float],
+    now: int,
+    by: str,
+) -> list[CarriedRecord]:
+    """Recovery's closes that the broker queued for the next open (the market is closed),
+    as ``queued`` carried rows: not STILL OPEN, never sent again, and confirmed by the next
+    :func:`close_carried` (see :meth:`TradingSession._queued_closes` for a session's)."""
+    working = [o for o in batch.new_orders if o.status.is_open and o.filled_qty == 0]
+    if not working:
+        return []
+    try:
+        if broker.market_open():
+            return []
+    except BrokerError as err:  # cannot tell: they stay STILL OPEN
+        log.error("recovery: could not ask the broker about the queued closes: %s", err)
+        return []
+    return [
+        CarriedRecord(
+            carry_id=f"{run.run_id}/{o.symbol}/close",
+            model=run.model,
+            broker=run.broker,
+            account=run.account,
+            symbol=o.symbol,
+            qty=excess[o.symbol],
+            cost=book.positions[o.symbol].avg_price,
+            mark=prices[o.symbol],
+            from_run_id=run.run_id,
+            session_date=run.session_date,
+            carried_ns=now,
+            status=CarryStatus.QUEUED,
+            message=f"flatten queued for the next open ({o.client_order_id}), by {by}",
+        )
+        for o in working
+    ]
+
+
 def _confirm_queued(
-    broker: Broker, run: RunRow, coid: str, row: CarriedRecord, now: int
+    ledger: Ledger, broker: Broker, run: RunRow, row: CarriedRecord, now: int
 ) -> tuple[Batch, bool]:
-    """What became of a close queued at the broker: its fill and the order's new state as a
-    batch for the run, and whether it is still working."""
-    state = broker.find_order(coid)
-    if state is None or state.kind in (ExecType.ACCEPTED, ExecType.PARTIAL_FILL):
+    """What became of a close queued at the broker: its fills, its orders' new states and
+    the run's position as a batch for the run, and whether any is still working.
+
+    The queued closes are the run's orders of the symbol still open in its ledger (a
+    session's flatten, or flatten-now's ``-uncarry-`` order); the broker says what they
+    became, so nothing is ever sent again for them.
+    """
+    orders = [o for o in ledger.orders(run.run_id) if o.symbol == row.symbol and o.status.is_open]
+    states = {o.client_order_id: broker.find_order(o.client_order_id) for o in orders}
+    if any(
+        s is None or s.kind in (ExecType.ACCEPTED, ExecType.PARTIAL_FILL) for s in states.values()
+    ):
         return Batch(), True
-    if state.kind is not ExecType.FILL:
-        update = OrderUpdate(coid, OrderStatus(state.kind.value), 0, 0.0, state.reason)
-        return Batch(order_updates=[update]), False
-    side = Side.SELL if row.qty > 0 else Side.BUY
-    fill = _fill(run, coid, row.symbol, side, state.qty, state.price, state.fee, now)
-    update = OrderUpdate(coid, OrderStatus.FILLED, state.qty, state.price, "filled at the open")
-    return Batch(order_updates=[update], fills=[fill]), False
+    batch = Batch()
+    for order in orders:
+        state = states[order.client_order_id]
+        assert state is not None
+        coid = order.client_order_id
+        if state.kind is not ExecType.FILL:
+            update = OrderUpdate(coid, OrderStatus(state.kind.value), 0, 0.0, state.reason)
+            batch.order_updates.append(update)
+            continue
+        batch.fills.append(
+            _fill(run, coid, row.symbol, order.side, state.qty, state.price, state.fee, now)
+        )
+        update = OrderUpdate(coid, OrderStatus.FILLED, state.qty, state.price, "filled at the open")
+        batch.order_updates.append(update)
+    if batch.fills:  # the run's position in the symbol, with the fills at the open
+        book = _book(
+            ledger.fills(run.run_id) + batch.fills, ledger.carried(taken_run_id=run.run_id)
+        )
+        position = book.positions[row.symbol]
+        batch.positions = [_position(run, row.symbol, position, batch.fills[-1].price, now)]
+    return batch, False
 
 
 def _offset(

@@ -70,6 +70,28 @@ def models_table(summary: pd.DataFrame) -> Table:
     return table
 
 
+def overnight_table(con, summary: pd.DataFrame) -> Table | None:
+    """The nights that began in the summary's sessions, per model and symbol, from the
+    report's ``overnight_pnl`` view (quantity × (next open − close)); None without any."""
+    rows = con.execute(
+        "SELECT model, symbol, count(*) AS nights, sum(qty) AS shares, "
+        "sum(overnight_pnl) AS pnl FROM overnight_pnl "
+        "WHERE open_price IS NOT NULL AND session_id IN (SELECT unnest(?)) "
+        "GROUP BY model, symbol ORDER BY model, symbol",
+        [summary["session_id"].tolist()],
+    ).fetchall()
+    if not rows:
+        return None
+    table = Table(title="Overnight P&L (close to next open)", title_justify="left")
+    table.add_column("Model", no_wrap=True)
+    table.add_column("Symbol", no_wrap=True)
+    for name in ("Nights", "Shares", "Overnight P&L"):
+        table.add_column(name, justify="right", no_wrap=True)
+    for model, symbol, nights, shares, pnl in rows:
+        table.add_row(model, symbol, str(nights), f"{shares:,}", _net(pnl))
+    return table
+
+
 def plot_equity(con, summary: pd.DataFrame, out: Path) -> Path:
     """Each strategy's cumulative net P&L over the summary's sessions, minute by minute.
 
@@ -132,9 +154,12 @@ def run(report_path: str | Path, day: date | None = None, last: int = 5) -> int:
             console.print(f"tradeday report: no sessions in {report_path} for {day or 'any day'}")
             return 1
         png = plot_equity(con, summary, plot_path(report_path, summary))
+        nights = overnight_table(con, summary)
     finally:
         con.close()
     console.print(sessions_table(summary))
     console.print(models_table(summary))
+    if nights is not None:
+        console.print(nights)
     console.print(f"equity plot: {png}")
     return 0

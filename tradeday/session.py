@@ -23,17 +23,23 @@ from typing import Any
 
 from models.base import overnight_allowance, overrides
 from tradeday import outcome, wiring
-from tradeday.brokers.base import AccountCloser, BrokerError, OrderHistory, left_at_broker
+from tradeday.brokers.base import (
+    AccountCloser,
+    AccountOrder,
+    BrokerError,
+    OrderHistory,
+    left_at_broker,
+)
 from tradeday.config import SessionConfig
 from tradeday.decode import Decoder
 from tradeday.engine import order_prefix
-from tradeday.events import Bar, SessionWindow, ns_to_datetime
+from tradeday.events import Bar, SessionWindow, Side, ns_to_datetime
 from tradeday.feed import StreamFeed
 from tradeday.journal import Journal
 from tradeday.ledger import Ledger
 from tradeday.ledger_writer import DurableWriter
 from tradeday.outcome import SessionResult
-from tradeday.records import CarriedRecord, RunUpdate
+from tradeday.records import CarriedRecord, CarryStatus, RunUpdate
 from tradeday.sources import NO_DATA_AFTER_S, Source, make_source
 from tradeday.wiring import Credentials
 
@@ -101,6 +107,7 @@ class TradingSession:
         self.started_ns = 0
         self.carried_in: list[CarriedRecord] = []  # what it took up from an earlier session
         self.carried_out: list[CarriedRecord] = []  # what it holds for the next one
+        self.queued_out: list[CarriedRecord] = []  # its closes the broker queued for the open
 
     def __repr__(self) -> str:
         return f"TradingSession({self.run_id}, {self.model_name}, {self.day})"
@@ -304,12 +311,17 @@ class TradingSession:
         if self.config.broker.owns_account and isinstance(self.broker, AccountCloser):
             self.message += self._close_account(self.broker, deadline)
         left = {s: q for s, q in self.book.open_positions().items() if abs(q) > hold}
+        self.queued_out = self._queued_closes(left, hold)
+        queued = {r.symbol: r.qty for r in self.queued_out}
+        left = {s: q for s, q in left.items() if s not in queued}
         if left:
             self._fail(f"NOT FLAT after {FLATTEN_TIMEOUT_S:.0f} s: {left}")
         elif hold:
-            self.carried_out = self._carry_out()
-        elif isinstance(self.broker, OrderHistory) and (
-            stray := left_at_broker(self.broker, order_prefix(self.run_id), self.started_ns)
+            self.carried_out = self._carry_out(queued)
+        elif (
+            not queued
+            and isinstance(self.broker, OrderHistory)
+            and (stray := left_at_broker(self.broker, order_prefix(self.run_id), self.started_ns))
         ):
             self._fail(f"the broker still has this session's {stray}")
         if self._no_data():
@@ -347,8 +359,70 @@ class TradingSession:
             return 0
         return overnight_allowance(self.config.model)
 
-    def _carry_out(self) -> list[CarriedRecord]:
-        """The positions left open (within the allowance), as carried for the next session."""
+    def _queued_closes(self, left: dict[str, int], hold: int) -> list[CarriedRecord]:
+        """The positions in ``left`` whose flatten the broker queued for the next open.
+
+        A market order sent while the market is closed (a live session cancelled after
+        hours) is accepted and waits for the open: the position is neither flat nor lost.
+        Each such position becomes a ``queued`` carried row naming its orders, so nothing
+        sends a second close and the next session's recovery confirms the fill
+        (:func:`tradeday.recovery.close_carried`). Only when the broker's working orders of
+        this run offset exactly what is beyond ``hold``; anything else stays NOT FLAT.
+        """
+        if not left or not isinstance(self.broker, OrderHistory):
+            return []
+        working: dict[str, list[AccountOrder]] = {}
+        try:
+            if self.broker.market_open():
+                return []
+            for order in self.broker.orders_of(order_prefix(self.run_id), self.started_ns):
+                if order.working:
+                    working.setdefault(order.symbol, []).append(order)
+        except BrokerError as err:  # cannot tell: what is left stays NOT FLAT
+            self.log.error("could not ask the broker about the queued flatten: %s", err)
+            return []
+        rows = []
+        for symbol, qty in sorted(left.items()):
+            orders = working.get(symbol, [])
+            closing = sum(
+                (o.qty - o.filled_qty) * (1 if o.side is Side.BUY else -1) for o in orders
+            )
+            excess = qty - max(-hold, min(hold, qty))
+            if not orders or closing != -excess:
+                continue
+            position = self.book.positions[symbol]
+            rows.append(
+                CarriedRecord(
+                    carry_id=f"{self.run_id}/{symbol}/close",
+                    model=self.model_name,
+                    broker=self.config.broker.kind,
+                    account=self.account,
+                    symbol=symbol,
+                    qty=excess,
+                    cost=position.avg_price,
+                    mark=self.book.marks.get(symbol, position.avg_price),
+                    from_run_id=self.run_id,
+                    session_date=self.day,
+                    carried_ns=self.engine.clock or time.time_ns(),
+                    status=CarryStatus.QUEUED,
+                    message="flatten queued for the next open "
+                    f"({', '.join(o.client_order_id for o in orders)})",
+                )
+            )
+        if rows:
+            queued = {r.symbol: -r.qty for r in rows}
+            self.message += f"; flatten queued for the next open: {queued}"
+            self.log.warning("market closed: flatten queued for the next open: %s", queued)
+        return rows
+
+    def _carry_out(self, queued: dict[str, int]) -> list[CarriedRecord]:
+        """The positions left open (within the allowance), less what is ``queued`` to close,
+        as carried for the next session."""
+        held = {
+            s: q - queued.get(s, 0)
+            for s, q in sorted(self.book.open_positions().items())
+            if q != queued.get(s, 0)
+        }
         rows = [
             CarriedRecord(
                 carry_id=f"{self.run_id}/{symbol}",
@@ -363,10 +437,9 @@ class TradingSession:
                 session_date=self.day,
                 carried_ns=self.engine.clock,
             )
-            for symbol, qty in sorted(self.book.open_positions().items())
+            for symbol, qty in held.items()
         ]
         if rows:
-            held = {r.symbol: r.qty for r in rows}
             self.message += f"; held overnight {held}"
             self.log.info("held overnight for the next %s session: %s", self.model_name, held)
         return rows
@@ -376,7 +449,7 @@ class TradingSession:
         those taken up with the official open this session saw for them."""
         for row in self.carried_in:
             row.open_price = self.engine.opens.get(row.symbol)
-        return [*self.carried_in, *self.carried_out]
+        return [*self.carried_in, *self.carried_out, *self.queued_out]
 
     def _no_data(self) -> bool:
         stats = self.decoder.stats

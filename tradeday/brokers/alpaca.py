@@ -538,6 +538,9 @@ class AlpacaPaperBroker(Broker):
             next_close=clock.next_close.astimezone(UTC),
         )
 
+    def market_open(self) -> bool:
+        return self.clock().is_open
+
     def close_all_positions(self) -> dict[str, int]:
         """Liquidate the whole account: only for sessions configured to own it.
 

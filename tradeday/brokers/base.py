@@ -117,6 +117,13 @@ class Broker(ABC):
         A real broker's account holds it already; a simulator starts each session anew and
         is told, so selling it is not a short."""
 
+    def market_open(self) -> bool:
+        """Whether an order sent now can fill now; a simulator fills whenever it is fed.
+
+        A real broker outside regular hours queues market orders for the next open, so a
+        flatten then is neither flat nor failed (see :meth:`TradingSession.shutdown`)."""
+        return True
+
     @abstractmethod
     def positions(self) -> dict[str, int]:
         """Signed quantity per symbol as the broker sees it (the whole account)."""
