@@ -113,3 +113,14 @@ def test_params_and_config_that_are_not_json_are_named(tmp_path):
     with pytest.raises(SystemExit) as exc:
         main(["run", "--config", str(bad)])
     assert f"--config {bad} is not JSON" in str(exc.value)
+
+
+def test_demo_on_a_day_without_a_recording_lists_bundled_and_live_days(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRADEDAY_LIVE_RECORDINGS", str(tmp_path / "live"))
+    ledger = tmp_path / "ledger.sqlite"
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--date", "2024-06-05", "--ledger-url", f"sqlite:///{ledger}"])
+    text = str(exc.value)
+    assert text.startswith("tradeday: --date 2024-06-05: no recording for 2024-06-05; bundled")
+    assert f"live days recorded by the hub under {tmp_path / 'live'}" in text
+    assert not ledger.exists()

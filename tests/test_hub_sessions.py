@@ -16,12 +16,13 @@ import pytest
 
 from tests.conftest import OPEN_FIXTURE, free_port
 from tests.test_hub import ALPACA_KEY, ALPACA_SECRET, SECRET, hub_on, upstream, wait_for
-from tradeday import recording
+from tradeday import recording, replay_range
 from tradeday.calendar import session_window
 from tradeday.config import FeedConfig, parse_session_config
 from tradeday.events import NS_PER_S, SessionWindow
 from tradeday.feed import FeedError
 from tradeday.hub import Hub
+from tradeday.hub.recorder import Recorder
 from tradeday.replay.server import ReplayServer
 from tradeday.session import SessionResult, TradingSession
 from tradeday.sources import HubSource, make_source
@@ -188,3 +189,76 @@ def test_a_hub_session_follows_the_wall_clock_today_and_tick_time_for_a_past_day
     assert rehearsal.tick_clock and not rehearsal.past(now)
     assert not rehearsal.silent_since_open(30) and rehearsal.is_stale(1.5)
     assert not rehearsal.is_stale(0.5)
+
+
+LIVE_DAY = date(2024, 6, 4)  # a Tuesday in daylight time, as DAY is; no bundled recording has it
+
+
+def test_a_day_the_hub_recorded_is_listed_and_replays_through_a_session_as_it_traded_live(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TRADEDAY_HUB_SECRET", SECRET)
+    monkeypatch.setenv(recording.LIVE_DIR_VAR, str(tmp_path / "live"))
+    assert LIVE_DAY not in recording.recorded_days()
+    shift = (LIVE_DAY - DAY).days * 86_400 * NS_PER_S  # the ES trades, moved to LIVE_DAY
+    tape = TRADES.set_column(0, "ts", pc.add(TRADES["ts"], shift))
+
+    def on(feed: dict[str, Any], name: str) -> TradingSession:
+        config = parse_session_config(
+            {
+                "model": {"name": "volume_modulo"},
+                "symbols": ["ES"],
+                "feed": feed,
+                "ledger_url": f"sqlite:///{tmp_path / name / 'ledger.sqlite'}",
+                "report_path": str(tmp_path / name / "r.duckdb"),
+            }
+        )
+        return TradingSession(config, session_window(LIVE_DAY))
+
+    port = free_port()
+    recorder = Recorder(recording.live_root(), flush_s=0.2)  # where `tradeday hub` writes
+    with hub_on(f"ws://127.0.0.1:{port}", recorder=recorder) as hub:
+        live = on({"source": "hub", "url": hub.url}, "live")
+        done: list[SessionResult] = []
+        thread = threading.Thread(target=lambda: done.append(run(live)))
+        thread.start()
+        wait_for(lambda: len(hub._routes) == 1)  # subscribed before the first trade
+        with upstream(tape, port=port, max_connections=1):
+            thread.join(120)
+            assert not thread.is_alive()
+    assert recorder.stats.failed_writes == 0 and recorder.stats.rows == 5_000
+    # listed beside the bundled days, for the CLI, the deployment and a range alike
+    assert recording.live_days() == [LIVE_DAY]
+    assert LIVE_DAY in recording.recorded_days()
+    assert set(recording.bundled_days()) < set(recording.recorded_days())
+    assert recording.recorded(LIVE_DAY) == tmp_path / "live" / LIVE_DAY.isoformat()
+    # replay-day's source: `replay` with no recording given resolves the live day's folder
+    replay = on({"source": "replay"}, "replay")
+    assert replay_range.plan(replay.config, LIVE_DAY, LIVE_DAY).days == [session_window(LIVE_DAY)]
+    replayed = run(replay)
+    (live_result,) = done
+    assert live_result.ticks == replayed.ticks == 5_000
+    assert replayed.status == live_result.status == "completed"
+    assert replayed.final_positions == live_result.final_positions == {}
+    assert len(fills(live)) > 10
+    assert orders(replay) == orders(live) and fills(replay) == fills(live)
+    assert (replayed.orders, replayed.net) == (live_result.orders, live_result.net)
+    live.close()
+    replay.close()
+
+
+def test_a_day_neither_bundled_nor_live_names_both_lists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(recording.LIVE_DIR_VAR, str(tmp_path))
+    (tmp_path / "2024-06-05").mkdir()
+    (tmp_path / "2024-06-05" / ".0-1.parquet").write_bytes(b"")  # a part not yet renamed
+    (tmp_path / "notes").mkdir()  # not a day
+    assert recording.live_days() == []
+    with pytest.raises(LookupError) as missing:
+        recording.recorded(date(2024, 6, 5))
+    text = str(missing.value)
+    assert text.startswith("no recording for 2024-06-05; bundled days: 2013-09-01, ")
+    assert text.endswith(
+        f"live days recorded by the hub under {tmp_path} (${recording.LIVE_DIR_VAR}): none"
+    )

@@ -192,7 +192,8 @@ def test_a_range_is_checked_before_it_runs(session_paths):
     with pytest.raises(ConfigError, match="last: 2023-01-11 is before first"):
         plan(cfg, DAYS[1], DAYS[0])
     with pytest.raises(
-        ConfigError, match="no recorded data for 2023-01-31, 2023-02-01 in the bundled recordings"
+        ConfigError,
+        match="no recorded data for 2023-01-31, 2023-02-01 in the bundled and live recordings",
     ):
         plan(cfg, DAYS[-1], date(2023, 2, 1))
     live = parse_session_config({**config(session_paths), "feed": {"source": "iex"}})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ from alpaca.trading.enums import TradeEvent
 from alpaca.trading.models import TradeUpdate
 from alpaca.trading.requests import LimitOrderRequest, MarketOrderRequest
 from alpaca.trading.stream import TradingStream
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from tests.alpaca_server import AlpacaTestServer
@@ -398,6 +400,68 @@ def test_an_upstream_cut_closes_the_hub_sessions_until_it_is_back(
         )
         wait_until(lambda: a.cids() == [("runa-9", "new")], 30, "the event after the gap", 0.02)
         a.client.stop()
+
+
+def test_a_slow_trade_updates_session_is_cut_with_1008_and_the_others_never_wait(
+    server: AlpacaTestServer,
+) -> None:
+    """A session that stops reading (a 4 KiB receive buffer, never read) is cut once its
+    queue passes ``max_pending``; a session beside it gets every one of its events, in
+    order, while the slow one is stuck and after it is cut."""
+    with hub_with_trade_updates(server) as hub:
+        relay = hub.trade_updates
+        assert relay is not None
+        relay.max_pending = 50
+        fast = Listener(hub, "runa-")
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", int(hub.url.rsplit(":", 1)[1].split("/")[0])))
+        slow = connect(stream_url(hub.url), sock=sock, max_size=None)
+        auth = {"key_id": HUB_KEY, "secret_key": HUB_SECRET}
+        slow.send(json.dumps({"action": "authenticate", "data": auth}))
+        slow.recv(10)
+        slow.send(json.dumps({"action": "listen", "data": {"streams": ["trade_updates"]}}))
+        slow.recv(10)
+        wait_until(lambda: len(relay.listeners) == 2, 30, "two listeners", 0.02)
+        client = TradingClient(KEY, SECRET, url_override=server.url)
+        for cid, qty in (("runa-1", 100), ("runs-1", 100_000)):  # resting limits, filled by hand
+            client.submit_order(
+                LimitOrderRequest(
+                    symbol="SPY",
+                    qty=qty,
+                    side="buy",
+                    time_in_force="day",
+                    limit_price=0.01,
+                    client_order_id=cid,
+                )
+            )
+        fills = 0
+        while not relay.stats.slow_cuts and fills < 100_000:  # bounded: 70 MB of events
+            server.fill("runs-1", qty=1, price=0.01)
+            fills += 1
+            if fills % 1_000 == 0:
+                server.fill("runa-1", qty=1, price=0.01)
+        assert relay.stats.slow_cuts == 1 and relay.listeners == ("runa-",)
+        server.fill("runa-1", price=0.01)  # after the cut: the fast session still gets it
+        mine = [e for e in server.trade_updates if e["order"]["client_order_id"] == "runa-1"]
+        wait_until(lambda: len(fast.events) == len(mine), 60, "every fast event", 0.02)
+        assert fast.events == mine and mine[-1]["event"] == "fill"
+        assert [e["event"] for e in mine] == ["new"] + ["partial_fill"] * (fills // 1_000) + [
+            "fill"
+        ]
+        received = 0
+        with pytest.raises(ConnectionClosed):
+            while True:  # what was already on its way, then the cut
+                slow.recv(30)
+                received += 1
+        assert (slow.protocol.close_rcvd.code, slow.protocol.close_rcvd.reason) == (
+            1008,
+            "slow client",
+        )
+        assert 0 < received < fills + 1
+        fast.client.stop()
+        slow.close()
+        assert server.trade_update_listeners == 1  # still the hub's one upstream connection
 
 
 # -- whole sessions -----------------------------------------------------------------------

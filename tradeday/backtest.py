@@ -100,7 +100,7 @@ def run(
     close_buffer_minutes: float = 5.0,
     warmup: Sequence[Bar] = (),
 ) -> BacktestResult:
-    """Trade ``day`` of ``recording`` (default: the bundled one holding the day).
+    """Trade ``day`` of ``recording`` (default: the recorded day's, ``recording.recorded``).
 
     ``model`` is a model's params, or their dict, or just a model name; ``symbols``
     default to every symbol the recording has that day; ``risk``/``broker`` are the
@@ -165,7 +165,7 @@ def _config(
     close_buffer_minutes: float,
 ) -> SessionConfig:
     """The session parameters of one backtested day, validated as a session's are."""
-    path = Path(recording) if recording is not None else recordings.bundled(window.day)
+    path = Path(recording) if recording is not None else recordings.recorded(window.day)
     if symbols is None:
         table = recordings.load(path, start_ns=window.open_ns, end_ns=window.close_ns)
         symbols = sorted(set(table.column("symbol").to_pylist()))

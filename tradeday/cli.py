@@ -245,9 +245,11 @@ def demo(
         ledger_url=ledger_url,
         report_path=report_path,
     )
-    if session.feed.recording is None and day not in recording.bundled_days():
-        days = ", ".join(d.isoformat() for d in recording.bundled_days())
-        sys.exit(f"tradeday: --date {day} has no bundled recording; recorded days: {days}")
+    if session.feed.recording is None:
+        try:
+            recording.recorded(day)
+        except LookupError as missing:
+            sys.exit(f"tradeday: --date {day}: {missing}")
     if session.feed.recording is not None and day not in recording.days(session.feed.recording):
         days = ", ".join(d.isoformat() for d in recording.days(session.feed.recording))
         sys.exit(

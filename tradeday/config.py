@@ -114,7 +114,10 @@ class FeedConfig(BaseModel):
     recording: str | None = Field(
         None,
         title="Recording",
-        description="Parquet recording to replay (default: the bundled recording holding the session date)",
+        description=(
+            "Parquet recording to replay (default: the bundled recording, else the hub's "
+            "live recording, of the session date)"
+        ),
     )
     speed: float | None = Field(
         None,

@@ -10,6 +10,7 @@ into this format; every naive local time goes through zoneinfo, so DST is handle
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator
 from datetime import date
 from functools import lru_cache
@@ -27,6 +28,8 @@ from tradeday.events import MINUTE_NS, NS_PER_MS, NS_PER_S, NS_PER_US, Bar, Quot
 NEW_YORK = "America/New_York"
 KINDS = ("t", "q", "b")
 RECORDINGS_DIR = Path(__file__).parent / "recordings"
+LIVE_DIR_VAR = "TRADEDAY_LIVE_RECORDINGS"
+LIVE_DIR_DEFAULT = "data/recordings/live"
 
 SCHEMA = pa.schema(
     [
@@ -219,6 +222,52 @@ def bundled(day: date | None = None) -> Path:
 
 def _bundled_files() -> list[Path]:
     return sorted(RECORDINGS_DIR.glob("*.parquet"))
+
+
+def live_root() -> Path:
+    """Where the hub records live days, a folder per day: ``$TRADEDAY_LIVE_RECORDINGS``, else
+    ``data/recordings/live``. The hub writes there and replays read there: one setting."""
+    return Path(os.environ.get(LIVE_DIR_VAR) or LIVE_DIR_DEFAULT)
+
+
+def live_days() -> list[date]:
+    """The days the hub recorded: each ``YYYY-MM-DD`` folder holding at least one whole part
+    (parts are written under a dot-name and renamed, so a dot-file alone is not a day)."""
+    root = live_root()
+    if not root.is_dir():
+        return []
+    found = []
+    for folder in root.iterdir():
+        try:
+            day = date.fromisoformat(folder.name)
+        except ValueError:
+            continue
+        if folder.is_dir() and any(folder.glob("[!.]*.parquet")):
+            found.append(day)
+    return sorted(found)
+
+
+def recorded_days() -> list[date]:
+    """Every day a session can replay without ``feed.recording``: bundled and live days."""
+    return sorted(set(bundled_days()) | set(live_days()))
+
+
+def recorded(day: date) -> Path:
+    """The recording of ``day`` when none is configured, by one rule: the bundled recording
+    holding it, else the hub's folder of that day (bundled days are history, live days new).
+
+    Raises LookupError listing both kinds of day when neither has ``day``.
+    """
+    if day in bundled_days():
+        return bundled(day)
+    if day in live_days():
+        return live_root() / day.isoformat()
+    bundled_text = ", ".join(d.isoformat() for d in bundled_days())
+    live_text = ", ".join(d.isoformat() for d in live_days()) or "none"
+    raise LookupError(
+        f"no recording for {day.isoformat()}; bundled days: {bundled_text}; "
+        f"live days recorded by the hub under {live_root()} (${LIVE_DIR_VAR}): {live_text}"
+    )
 
 
 def localize_ns(naive: pd.Series, tz: str) -> np.ndarray:

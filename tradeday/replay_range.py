@@ -41,7 +41,7 @@ def plan(config: SessionConfig, first: date, last: date) -> RangePlan:
     if config.feed.recording is not None:
         have, where = set(recording.days(config.feed.recording)), config.feed.recording
     else:
-        have, where = set(recording.bundled_days()), "the bundled recordings"
+        have, where = set(recording.recorded_days()), "the bundled and live recordings"
     missing = [d.day.isoformat() for d in days if d.day not in have]
     if missing:
         raise ConfigError(

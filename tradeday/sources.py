@@ -132,8 +132,8 @@ class ReplaySource(Source):
         self._server: Any = None
 
     def recording_path(self) -> Path:
-        """The configured recording, else the bundled one holding the session's day."""
-        return self.path or recording.bundled(self.window.day)
+        """The configured recording, else the recorded day's (``recording.recorded``)."""
+        return self.path or recording.recorded(self.window.day)
 
     def open(self) -> Endpoint:
         if self.feed.url:  # a replay server someone else runs (tests, benchmarks, a relay)
@@ -267,7 +267,7 @@ class HubSource(AlpacaSource):
         if self.rehearsal:
             path = Path(self.feed.recording) if self.feed.recording else None
             return history.recorded(
-                path or recording.bundled(self.window.day), list(symbols), self.window
+                path or recording.recorded(self.window.day), list(symbols), self.window
             )
         return super().history(symbols)
 

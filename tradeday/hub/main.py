@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from tradeday import recording
 from tradeday.brokers.alpaca import PAPER_URL
 from tradeday.brokers.trade_updates import StreamEndpoint, stream_url
 from tradeday.feed import ENDPOINTS
@@ -74,8 +75,9 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--record-dir",
-        default="data/recordings/live",
-        help="where every streamed day is recorded for replay, a folder per day",
+        default=str(recording.live_root()),
+        help=f"where every streamed day is recorded for replay, a folder per day "
+        f"(default ${recording.LIVE_DIR_VAR} or {recording.LIVE_DIR_DEFAULT}, where replays look)",
     )
     p.add_argument("--no-record", action="store_true", help="record nothing")
     p.add_argument(
