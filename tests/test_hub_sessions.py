@@ -109,7 +109,8 @@ def test_three_models_on_overlapping_symbols_through_one_hub_trade_as_they_do_al
                 t.join(120)
                 assert not t.is_alive()
             assert alpaca.stats.authenticated == 1
-        assert sorted(hub.upstream_confirmed["trades"]) == ["ES", "NQ"]  # the union, on one connection
+        # the union, on one connection
+        assert sorted(hub.upstream_confirmed["trades"]) == ["ES", "NQ"]
     alone = {}
     for m, symbols in MODELS:
         with ReplayServer(tape) as direct:
