@@ -68,6 +68,13 @@ class _Kinds(dict[type, str]):
 _KINDS = _Kinds()
 
 
+def _hook_of(broker: Broker, hook: str) -> Callable[..., None] | None:
+    """``broker``'s market-data ``hook``, or None when it keeps :class:`Broker`'s no-op."""
+    if getattr(type(broker), hook) is getattr(Broker, hook):
+        return None
+    return getattr(broker, hook)
+
+
 class EventError(RuntimeError):
     """Handling a market event raised: most often a bug in the model, named in the message."""
 
@@ -135,6 +142,8 @@ class Engine:
         self._awaiting_open: set[str] = set()
         self._open_ns = 0
         self.opens: dict[str, float] = {}
+        # a real broker ignores market data: not calling its no-op hook saves a call a tick
+        self._broker_on_trade = _hook_of(broker, "on_trade")
 
     # -- market events (feed thread) ------------------------------------------------------
 
@@ -153,6 +162,7 @@ class Engine:
         marks = book.marks
         positions = book.positions
         broker = self.broker
+        broker_on_trade = self._broker_on_trade
         executions = broker.executions
         model = self.model
         safe = self.risk.safe_marks
@@ -190,7 +200,8 @@ class Engine:
                                 band = safe.get(symbol)
                                 if band is None or not band[0] <= price <= band[1]:
                                     self._net_moved = True
-                        broker.on_trade(ev)
+                        if broker_on_trade is not None:
+                            broker_on_trade(ev)
                         if executions or self._net_moved:
                             self._drain()
                             pos = positions.get(symbol)
