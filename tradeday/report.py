@@ -44,7 +44,7 @@ from tradeday.ledger import (
 )
 
 MONEY_DECIMALS = 6
-REPORT_SCHEMA_VERSION = 5
+REPORT_SCHEMA_VERSION = 6
 # The newest DuckDB shell on PyPI (duckdb-cli 1.5.6, installed as .venv/bin/duckdb) reads
 # storage up to v1.5.0; the duckdb 2.0 library writes v2.0.0 unless told otherwise.
 SHELL_STORAGE_VERSION = "v1.5.0"
@@ -53,11 +53,13 @@ ANNUALIZATION = math.sqrt(252 * 390)
 LOCK_WAIT_S = 60.0  # how long to wait for another process to release the file
 LOCK_RETRY_S = 0.2
 
-# Sweeps (version 4): one row per sweep, one per combination and day (tradeday.sweep_report).
+# Sweeps (version 4): one row per sweep, one per combination and day (tradeday.sweep_report);
+# version 6 added sweeps.path (backtest or faithful; NULL for a sweep made before it).
 SWEEP_DDL = """
 CREATE TABLE IF NOT EXISTS sweeps (
     sweep_id VARCHAR PRIMARY KEY, created_at TIMESTAMPTZ, status VARCHAR, models VARCHAR[],
-    symbols VARCHAR[], days DATE[], closed_days JSON, combinations BIGINT, done BIGINT
+    symbols VARCHAR[], days DATE[], closed_days JSON, combinations BIGINT, done BIGINT,
+    path VARCHAR
 );
 CREATE TABLE IF NOT EXISTS sweep_results (
     sweep_id VARCHAR, model VARCHAR, params_hash VARCHAR, params JSON, session_date DATE,
@@ -77,7 +79,7 @@ CREATE TABLE IF NOT EXISTS carried (
 );
 """
 
-# The tables of schema version 5 (version 4's, orders.tif and carried). New columns go at the end of a table, so a migrated file and
+# The tables of schema version 6 (version 4's, orders.tif and carried (v5), sweeps.path (v6)). New columns go at the end of a table, so a migrated file and
 # a new one have the same columns in the same order.
 DDL = (
     """
@@ -132,6 +134,8 @@ ALTER TABLE pnl ADD COLUMN closes BIGINT;
     # 3 keeps every run (no rerun replaces another) and changes only the views
     4: SWEEP_DDL,
     5: "ALTER TABLE orders ADD COLUMN tif VARCHAR;" + CARRIED_DDL,
+    # a file older than v4 already gets sweeps.path from step 4 (SWEEP_DDL is v6's)
+    6: "ALTER TABLE sweeps ADD COLUMN IF NOT EXISTS path VARCHAR;",
 }
 
 # Recreated by every write, so a changed view reaches a file with its next write. Sums of

@@ -1,4 +1,4 @@
-"""A sweep's rows in the DuckDB report: the ``sweeps`` and ``sweep_results`` tables (schema v4).
+"""A sweep's rows in the DuckDB report: the ``sweeps`` and ``sweep_results`` tables (schema v4; v6 records the path).
 
 Each write is one transaction that migrates the file first, and a combination's days go in
 together: a sweep stopped midway (cancelled, crashed) holds whole combinations only, and
@@ -50,7 +50,7 @@ def start_sweep(path: str | Path, plan: SweepPlan) -> None:
     with _transaction(path) as con:
         con.execute("DELETE FROM sweeps WHERE sweep_id = ?", [plan.sweep_id])
         con.execute(
-            "INSERT INTO sweeps VALUES (?, now(), 'running', ?, ?, ?, ?, ?, 0)",
+            "INSERT INTO sweeps VALUES (?, now(), 'running', ?, ?, ?, ?, ?, 0, ?)",
             [
                 plan.sweep_id,
                 sorted({c.model for c in plan.combinations}),
@@ -58,6 +58,7 @@ def start_sweep(path: str | Path, plan: SweepPlan) -> None:
                 [w.day for w in plan.days],
                 json.dumps(closed),
                 len(plan.combinations),
+                plan.path,
             ],
         )
 
@@ -153,8 +154,9 @@ def comparison_markdown(sweep: dict, table: pd.DataFrame, png: Path | None = Non
     """The comparison artifact: one row per model and parameter set, the best set per model
     in bold, and where the equity PNG is; what ``tradeday report --sweep ID`` prints too."""
     closed = json.loads(sweep["closed_days"] or "{}")
+    path = "path not recorded" if pd.isna(sweep["path"]) else f"{sweep['path']} path"
     lines = [
-        f"**Sweep {sweep['sweep_id']}**: {sweep['status']}, {sweep['done']}/"
+        f"**Sweep {sweep['sweep_id']}** ({path}): {sweep['status']}, {sweep['done']}/"
         f"{sweep['combinations']} combinations, {len(sweep['days'])} days"
         + (
             " (closed: " + ", ".join(f"{d} {why}" for d, why in closed.items()) + ")"
