@@ -126,7 +126,7 @@ def test_comparison_figures_from_the_daily_rows():
 def test_report_keeps_whole_combinations_and_migrates_a_v3_file(tmp_path):
     path = tmp_path / "reports.duckdb"
     con = report.connect(path, read_only=False)
-    # version 3's tables: version 5's without the sweeps (v4), orders.tif and carried (v5)
+    # version 3's tables: version 6's without the sweeps (v4, path v6), orders.tif and carried (v5)
     v3 = report.DDL.replace(report.SWEEP_DDL, "").replace(report.CARRIED_DDL, "")
     con.execute(v3.replace(", tif VARCHAR", ""))
     con.execute("INSERT INTO meta VALUES ('schema_version', '3')")
@@ -142,12 +142,36 @@ def test_report_keeps_whole_combinations_and_migrates_a_v3_file(tmp_path):
     assert json.loads(row["closed_days"]) == {"2023-01-16": "Dr. Martin Luther King Jr. Day"}
     assert daily["net"].tolist() == [r.net for r in first]
     con = report.connect(path, read_only=True)
-    assert report.schema_version(con) == report.REPORT_SCHEMA_VERSION == 5
+    assert report.schema_version(con) == report.REPORT_SCHEMA_VERSION == 6
     con.close()
     text = sweep_report.sweep_markdown(path, plan.sweep_id)
-    assert "cancelled, 1/4 combinations, 3 days" in text
+    assert "(backtest path): cancelled, 1/4 combinations, 3 days" in text
     assert "2023-01-16 Dr. Martin Luther King Jr. Day" in text
     assert "fast_window=3" in text and "**best**" in text
+
+
+def test_a_v5_file_gains_the_sweep_path_and_keeps_its_sweeps(tmp_path):
+    path = tmp_path / "reports.duckdb"
+    con = report.connect(path, read_only=False)
+    con.execute(report.DDL.replace(",\n    path VARCHAR\n", "\n"))  # version 5's tables
+    con.execute("INSERT INTO meta VALUES ('schema_version', '5')")
+    con.execute(
+        "INSERT INTO sweeps VALUES ('old', now(), 'completed', ['ma_crossover'], ['AAPL'], "
+        "['2023-01-13'::DATE], '{}', 1, 1)"
+    )
+    con.close()
+    plan = small_plan()
+    sweep_report.start_sweep(path, plan)
+    con = report.connect(path, read_only=True)
+    assert report.schema_version(con) == 6
+    assert con.execute("SELECT sweep_id, path FROM sweeps ORDER BY ALL").fetchall() == [
+        ("old", None),
+        (plan.sweep_id, "backtest"),
+    ]
+    con.close()
+    assert "**Sweep old** (path not recorded): completed, 1/1" in sweep_report.sweep_markdown(
+        path, "old"
+    )
 
 
 def test_sweep_flow_runs_every_combination_as_a_task_and_writes_the_report(
@@ -204,7 +228,7 @@ def test_report_sweep_prints_the_comparison_or_names_the_known_sweeps(tmp_path, 
         )
     assert cli.main(["report", "--sweep", plan.sweep_id, "--report-path", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "running, 2/4 combinations, 3 days" in out
+    assert "(backtest path): running, 2/4 combinations, 3 days" in out
     assert out.count("| ma_crossover |") == 2 and out.count("**best**") == 1
     with pytest.raises(SystemExit, match=r"no sweep 'nope'.*sweeps there: t3x2x2"):
         cli.main(["report", "--sweep", "nope", "--report-path", str(path)])
@@ -221,6 +245,7 @@ def test_a_sweep_cancelled_midway_keeps_whole_combinations_and_says_cancelled(
     import sys
     import time
 
+    import psutil
     from prefect.settings import PREFECT_API_URL
 
     path = tmp_path / "reports.duckdb"
@@ -247,8 +272,13 @@ def test_a_sweep_cancelled_midway_keeps_whole_combinations_and_says_cancelled(
             assert proc.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, "the sweep never finished a combination"
             time.sleep(0.2)
+        # the sweep's processes: the CLI's, its flow's and the task runner's worker
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert children, "the sweep runs its combinations in worker processes"
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)
+        gone, alive = psutil.wait_procs(children, timeout=30)
+        assert alive == [], f"worker processes left after the cancel: {alive}"
     finally:
         if proc.poll() is None:
             proc.kill()
