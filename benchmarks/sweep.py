@@ -46,11 +46,15 @@ def run(quick: bool = False) -> list[Row]:
     bare = time.perf_counter() - t0
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max_workers=2) as pool:
-        list(pool.map(sweep.run_combination, plan.combinations, [plan.days] * len(plan.combinations)))
+        list(
+            pool.map(sweep.run_combination, plan.combinations, [plan.days] * len(plan.combinations))
+        )
     pooled = time.perf_counter() - t0
     rows = [
         Row("sweep", "sessions", plan.sessions, "", note=f"{len(plan.days)} days × {len(models)}"),
-        Row("sweep", "bare backtest loop", bare, "s", note=f"{plan.sessions / bare:.1f} sessions/s"),
+        Row(
+            "sweep", "bare backtest loop", bare, "s", note=f"{plan.sessions / bare:.1f} sessions/s"
+        ),
         Row(
             "sweep",
             "bare loop, 2 plain processes",

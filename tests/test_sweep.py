@@ -277,7 +277,7 @@ def test_a_sweep_cancelled_midway_keeps_whole_combinations_and_says_cancelled(
         assert children, "the sweep runs its combinations in worker processes"
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)
-        gone, alive = psutil.wait_procs(children, timeout=30)
+        _, alive = psutil.wait_procs(children, timeout=30)
         assert alive == [], f"worker processes left after the cancel: {alive}"
     finally:
         if proc.poll() is None:
