@@ -44,7 +44,7 @@ from tradeday.records import (
 from tradeday.recovery import close_carried, recover
 from tradeday.replay.server import ReplayServer
 from tradeday.replay_range import plan
-from tradeday.report import open_report
+from tradeday.report import open_report, summary_markdown_for
 from tradeday.sources import REPLAY_KEY
 from tradeday.wiring import Credentials, account_of
 
@@ -144,6 +144,28 @@ def test_buy_close_sell_open_holds_each_night_through_the_ledger_and_the_report(
         rf"[ │]+{re.escape(f'{total:,.2f}')} │",
         out,
     ), out
+
+    # the session's artifact: the night that ended at its open, the one that began at its close
+    def night(before, after, qty, close, open_next, pnl) -> str:
+        return (
+            f"| {before:%Y-%m-%d} → {after:%Y-%m-%d} | buy_close_sell_open | AAPL | {qty:,} "
+            f"| {close:,.2f} | {open_next:,.2f} | {pnl:,.2f} |"
+        )
+
+    text_day2 = summary_markdown_for(raw["report_path"], [DAYS[1]])
+    assert [line for line in text_day2.splitlines() if "→" in line] == [
+        night(*row) for row in expected[:2]
+    ]
+    last_close = official(DAYS[-1], frame)[1]
+    assert [
+        line
+        for line in summary_markdown_for(raw["report_path"], [DAYS[-1]]).splitlines()
+        if "→" in line
+    ] == [
+        night(*expected[-1]),
+        f"| {DAYS[-1]:%Y-%m-%d} → next open | buy_close_sell_open | AAPL | {SHARES} "
+        f"| {last_close:,.2f} | - | held |",
+    ]
     with Ledger(raw["ledger_url"]) as ledger:
         carried = ledger.carried()
         for row, nxt in zip(carried, sessions[1:], strict=False):

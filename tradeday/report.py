@@ -944,9 +944,11 @@ def summary_markdown_for(
     publish for any set of days. Raises :class:`ReportLocked` if another process holds
     the file for longer than ``wait_s``.
     """
+    days = [date.fromisoformat(d) if isinstance(d, str) else d for d in dates]
     con = open_report(report_path, wait_s)
     try:
-        summary = session_summary(con, dates=dates)
+        summary = session_summary(con, dates=days)
+        nights = _nights_markdown(con, days)
     finally:
         con.close()
     if summary.empty:
@@ -973,5 +975,37 @@ def summary_markdown_for(
         lines.append(
             f"| {r.model} | {r.sessions} | {r.trades:,} | {money(r.fees)} | {money(r.net)} "
             f"| {money(r.mean_net)} | {r.winning_days}/{r.sessions} |"
+        )
+    return "\n".join(lines) + "\n" + nights
+
+
+def _nights_markdown(con: duckdb.DuckDBPyConnection, days: list[date]) -> str:
+    """The positions held overnight into or out of ``days``: the nights ended, from the
+    ``overnight_pnl`` view (quantity × (next open − close)), and those still ahead."""
+    rows = con.execute(
+        "SELECT session_date, next_date, model, symbol, qty, close_mark, open_price, "
+        "overnight_pnl FROM overnight_pnl WHERE open_price IS NOT NULL "
+        "AND (session_date IN (SELECT unnest(?)) OR next_date IN (SELECT unnest(?))) "
+        "UNION ALL "
+        "SELECT session_date, NULL, model, symbol, qty, close_mark, NULL, NULL FROM carried "
+        "WHERE status = 'open' AND session_date IN (SELECT unnest(?)) "
+        "ORDER BY session_date, model, symbol",
+        [days, days, days],
+    ).fetchall()
+    if not rows:
+        return ""
+    lines = [
+        "",
+        "**Held overnight** (P&L = quantity × (next open − close))",
+        "",
+        "| Night | Model | Symbol | Shares | Close | Next open | Overnight P&L |",
+        "|---|---|---|--:|--:|--:|--:|",
+    ]
+    for day, nxt, model, symbol, qty, close, open_price, pnl in rows:
+        night = f"{day:%Y-%m-%d} → {nxt:%Y-%m-%d}" if nxt else f"{day:%Y-%m-%d} → next open"
+        lines.append(
+            f"| {night} | {model} | {symbol} | {qty:,} | {money(close)} "
+            f"| {'-' if open_price is None else money(open_price)} "
+            f"| {'held' if pnl is None else money(pnl)} |"
         )
     return "\n".join(lines) + "\n"
