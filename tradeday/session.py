@@ -390,19 +390,11 @@ class TradingSession:
             excess = qty - max(-hold, min(hold, qty))
             if not orders or closing != -excess:
                 continue
-            position = self.book.positions[symbol]
             rows.append(
-                CarriedRecord(
-                    carry_id=f"{self.run_id}/{symbol}/close",
-                    model=self.model_name,
-                    broker=self.config.broker.kind,
-                    account=self.account,
-                    symbol=symbol,
-                    qty=excess,
-                    cost=position.avg_price,
-                    mark=self.book.marks.get(symbol, position.avg_price),
-                    from_run_id=self.run_id,
-                    session_date=self.day,
+                self._carried(
+                    f"{self.run_id}/{symbol}/close",
+                    symbol,
+                    excess,
                     carried_ns=self.engine.clock or time.time_ns(),
                     status=CarryStatus.QUEUED,
                     message="flatten queued for the next open "
@@ -415,6 +407,23 @@ class TradingSession:
             self.log.warning("market closed: flatten queued for the next open: %s", queued)
         return rows
 
+    def _carried(self, carry_id: str, symbol: str, qty: int, **rest: Any) -> CarriedRecord:
+        """A carried row of this run for ``qty`` of ``symbol``, at the book's cost and mark."""
+        cost = self.book.positions[symbol].avg_price
+        return CarriedRecord(
+            carry_id=carry_id,
+            model=self.model_name,
+            broker=self.config.broker.kind,
+            account=self.account,
+            symbol=symbol,
+            qty=qty,
+            cost=cost,
+            mark=self.book.marks.get(symbol, cost),
+            from_run_id=self.run_id,
+            session_date=self.day,
+            **rest,
+        )
+
     def _carry_out(self, queued: dict[str, int]) -> list[CarriedRecord]:
         """The positions left open (within the allowance), less what is ``queued`` to close,
         as carried for the next session."""
@@ -424,19 +433,7 @@ class TradingSession:
             if q != queued.get(s, 0)
         }
         rows = [
-            CarriedRecord(
-                carry_id=f"{self.run_id}/{symbol}",
-                model=self.model_name,
-                broker=self.config.broker.kind,
-                account=self.account,
-                symbol=symbol,
-                qty=qty,
-                cost=self.book.positions[symbol].avg_price,
-                mark=self.book.marks.get(symbol, self.book.positions[symbol].avg_price),
-                from_run_id=self.run_id,
-                session_date=self.day,
-                carried_ns=self.engine.clock,
-            )
+            self._carried(f"{self.run_id}/{symbol}", symbol, qty, carried_ns=self.engine.clock)
             for symbol, qty in held.items()
         ]
         if rows:
